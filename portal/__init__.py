@@ -1,0 +1,57 @@
+"""Usage and billing portal for an AI assistant."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from portal.config import ConfigError, engine_options, environ_config, normalize_database_url
+from portal.extensions import db, migrate
+
+__all__ = ["ConfigError", "create_app"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the portal: settings from the environment, overridden by ``config``."""
+    app = Flask(
+        __name__,
+        instance_path=str(PROJECT_ROOT / "instance"),
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    if config is not None and "SQLALCHEMY_DATABASE_URI" in config:
+        url = normalize_database_url(config["SQLALCHEMY_DATABASE_URI"])
+        config = {**config, "SQLALCHEMY_DATABASE_URI": url}
+        config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url))
+    settings = {**environ_config(app.instance_path), **(config or {})}
+    app.config.from_mapping(settings)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
+
+    from portal import cli, views
+
+    cli.init_app(app)
+    views.init_app(app)
+    return app
+
+
+@event.listens_for(Engine, "connect")
+def _tune_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
+    # WAL lets the portal read while a recorder writes; foreign keys are off
+    # by default in SQLite.
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()

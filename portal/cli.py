@@ -1,0 +1,112 @@
+"""``flask`` commands: thin Click wrappers over the domain functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+from flask import Flask
+from sqlalchemy import select
+
+from portal.accounts import AccountError, create_organization, create_user
+from portal.extensions import db
+from portal.models import Organization
+from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@click.command("create-org")
+@click.option("--slug", required=True, help="URL name, e.g. acme.")
+@click.option("--name", required=True, help="Display name.")
+@click.option("--plan", "plan_id", required=True, type=click.Choice(ORGANIZATION_PLAN_IDS))
+@click.option("--seats", required=True, type=click.IntRange(min=1))
+@click.option("--stripe-customer", default=None, help="Stripe customer id (cus_…).")
+def create_org_command(
+    slug: str, name: str, plan_id: str, seats: int, stripe_customer: str | None
+) -> None:
+    """Create an organization on a team or business plan, its period starting now."""
+    try:
+        org = create_organization(
+            db.session,
+            slug=slug,
+            name=name,
+            plan_id=plan_id,
+            seats=seats,
+            stripe_customer_id=stripe_customer,
+            now=_now(),
+        )
+    except AccountError as error:
+        db.session.rollback()
+        raise click.UsageError(str(error)) from error
+    db.session.commit()
+    click.echo(f"Created organization {org.slug} ({org.plan_id}, {org.seats} seats).")
+
+
+@click.command("create-user")
+@click.option("--email", required=True)
+@click.option("--password", required=True, help="At least 8 characters.")
+@click.option("--name", default=None, help="Display name (default: the email's local part).")
+@click.option("--plan", "plan_id", default="free", show_default=True, type=click.Choice(INDIVIDUAL_PLAN_IDS))
+@click.option("--stripe-customer", default=None, help="Stripe customer id (cus_…), paid plans.")
+@click.option("--org", "org_slug", default=None, help="Slug of an organization to join.")
+@click.option("--role", default=None, type=click.Choice(["admin", "member"]), help="Role in --org.")
+def create_user_command(
+    email: str,
+    password: str,
+    name: str | None,
+    plan_id: str,
+    stripe_customer: str | None,
+    org_slug: str | None,
+    role: str | None,
+) -> None:
+    """Create a user; a paid plan starts an active subscription whose period starts now."""
+    if role is not None and org_slug is None:
+        raise click.UsageError("--role needs --org")
+    organization = None
+    if org_slug is not None:
+        organization = db.session.scalar(select(Organization).where(Organization.slug == org_slug))
+        if organization is None:
+            raise click.UsageError(f"no organization with slug {org_slug!r}")
+    try:
+        user = create_user(
+            db.session,
+            email=email,
+            password=password,
+            display_name=name,
+            plan_id=plan_id,
+            stripe_customer_id=stripe_customer,
+            organization=organization,
+            role=role or "member",
+            now=_now(),
+        )
+    except AccountError as error:
+        db.session.rollback()
+        raise click.UsageError(str(error)) from error
+    db.session.commit()
+    joined = f", {role or 'member'} of {org_slug}" if org_slug else ""
+    click.echo(f"Created user {user.email} ({plan_id}{joined}).")
+
+
+@click.command("seed-demo")
+def seed_demo_command() -> None:
+    """Load the demo data set into an empty database (does nothing otherwise)."""
+    from portal.demo import DEMO_PASSWORD, seed_demo
+
+    result = seed_demo(db.session, _now())
+    db.session.commit()
+    if result.loaded:
+        click.echo(f"Loaded demo data: {result.users} users, {result.events} usage events.")
+    else:
+        click.echo("The database already has users; demo data not loaded.")
+    if result.sign_ins:
+        click.echo(f"Demo sign-ins (password for all: {DEMO_PASSWORD}):")
+        for email, what in result.sign_ins:
+            click.echo(f"  {email:<28} {what}")
+
+
+def init_app(app: Flask) -> None:
+    for command in (create_org_command, create_user_command, seed_demo_command):
+        app.cli.add_command(command)

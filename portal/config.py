@@ -1,0 +1,81 @@
+"""Settings read from the environment, checked once at start-up.
+
+A missing or invalid setting raises ``ConfigError`` whose message is one line
+naming the variable; ``wsgi.py`` prints it and exits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENVIRONMENTS = ("production", "development", "test")
+DEVELOPMENT_SECRET_KEY = "dev-only-insecure-secret-key"  # noqa: S105 - never used in production
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names it."""
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the common URL forms and pick the drivers this project ships.
+
+    ``postgres://`` and ``postgresql://`` use psycopg 3; ``sqlite:///path``
+    is used as given.
+    """
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith(("postgresql+psycopg://", "sqlite://")):
+        return url
+    raise ConfigError(
+        "DATABASE_URL must start with postgresql:// or sqlite:///, got "
+        f"{url.split('://', 1)[0] + '://' if '://' in url else repr(url)}"
+    )
+
+
+def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any]:
+    """Flask settings from environment variables (see the README's table)."""
+    env = environ.get("PORTAL_ENV", "production").strip() or "production"
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"PORTAL_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env!r}")
+
+    default_db = "sqlite:///" + str(Path(instance_path) / "portal.db")
+    database_url = normalize_database_url(environ.get("DATABASE_URL") or default_db)
+
+    secret_key = environ.get("SECRET_KEY", "")
+    if not secret_key:
+        if env == "production":
+            raise ConfigError(
+                "SECRET_KEY is required in production (set PORTAL_ENV=development to run locally)"
+            )
+        secret_key = DEVELOPMENT_SECRET_KEY
+    elif len(secret_key) < 16:
+        raise ConfigError("SECRET_KEY must be at least 16 characters long")
+
+    port_text = environ.get("PORT", "5000").strip()
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"PORT must be a whole number from 1 to 65535, got {port_text!r}")
+
+    return {
+        "PORTAL_ENV": env,
+        "TESTING": env == "test",
+        "SECRET_KEY": secret_key,
+        "PORT": int(port_text),
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": engine_options(database_url),
+    }
+
+
+def engine_options(database_url: str) -> dict[str, Any]:
+    """Engine settings per backend: SQLite waits for the writer lock instead of failing."""
+    if database_url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
+def environ_config(instance_path: str) -> dict[str, Any]:
+    return load_config(os.environ, instance_path)

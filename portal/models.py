@@ -1,0 +1,245 @@
+"""Database tables, as typed SQLAlchemy 2 models.
+
+Table and column names are read by other tools and reports; change them only
+with a migration and a note in the README.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.extensions import db
+from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every engine.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so the value
+    is stored as naive UTC and given its zone back when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"refusing to store naive datetime {value.isoformat()}")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# Subscription states in which the customer keeps the plan's allowance: a
+# trial is a real subscription (the original gave trials the free limit) and
+# a past-due one keeps working while Stripe retries the payment.
+LIVE_SUBSCRIPTION_STATUSES = ("active", "trialing", "past_due")
+SUBSCRIPTION_STATUSES = (*LIVE_SUBSCRIPTION_STATUSES, "canceled", "paused")
+ROLES = ("admin", "member")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Organization(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "organizations"
+    __table_args__ = (
+        CheckConstraint(_one_of("plan_id", ORGANIZATION_PLAN_IDS), name="plan_id"),
+        CheckConstraint(_one_of("subscription_status", SUBSCRIPTION_STATUSES), name="status"),
+        CheckConstraint("seats >= 1", name="seats_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    plan_id: Mapped[str] = mapped_column(String(32))
+    seats: Mapped[int] = mapped_column(Integer)
+    subscription_status: Mapped[str] = mapped_column(String(16))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
+    billing_anchor: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    memberships: Mapped[list[Membership]] = relationship(back_populates="organization")
+
+    def __repr__(self) -> str:
+        return f"<Organization {self.slug} {self.plan_id}x{self.seats}>"
+
+
+class User(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "users"
+    __table_args__ = (
+        # Emails are stored lower-cased, which makes the unique index
+        # case-insensitive on every engine.
+        CheckConstraint("email = lower(email)", name="email_lowercase"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    memberships: Mapped[list[Membership]] = relationship(back_populates="user")
+    subscription: Mapped[UserSubscription | None] = relationship(back_populates="user")
+
+    def __repr__(self) -> str:
+        return f"<User {self.email}>"
+
+
+class Membership(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "memberships"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "user_id"),
+        CheckConstraint(_one_of("role", ROLES), name="role"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="memberships")
+    organization: Mapped[Organization] = relationship(back_populates="memberships")
+
+
+class UserSubscription(db.Model):  # type: ignore[name-defined,misc]
+    """A user's individual subscription; at most one per user."""
+
+    __tablename__ = "user_subscriptions"
+    __table_args__ = (
+        CheckConstraint(_one_of("plan_id", INDIVIDUAL_PLAN_IDS), name="plan_id"),
+        CheckConstraint(_one_of("status", SUBSCRIPTION_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True)
+    plan_id: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
+    billing_anchor: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="subscription")
+
+
+class UsageEvent(db.Model):  # type: ignore[name-defined,misc]
+    """One recorded use of the assistant. Append-only.
+
+    ``organization_id`` names the organization whose pool the event draws on;
+    it is null when the user is billed individually (then the user is the
+    billing subject).
+    """
+
+    __tablename__ = "usage_events"
+    __table_args__ = (CheckConstraint("quantity > 0", name="quantity_positive"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"))
+    plan_id: Mapped[str] = mapped_column(String(32))
+    event_type: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    event_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    stripe_reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
+    """The running total of one billing subject in one billing period.
+
+    The subject is a user (``user_id``) or an organization's pool
+    (``organization_id``), never both.
+    """
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        CheckConstraint("(user_id IS NULL) <> (organization_id IS NULL)", name="one_subject"),
+        CheckConstraint("used >= 0", name="used_not_negative"),
+        Index(
+            "uq_usage_records_user_period",
+            "user_id",
+            "period_start",
+            unique=True,
+            sqlite_where=text("user_id IS NOT NULL"),
+            postgresql_where=text("user_id IS NOT NULL"),
+        ),
+        Index(
+            "uq_usage_records_organization_period",
+            "organization_id",
+            "period_start",
+            unique=True,
+            sqlite_where=text("organization_id IS NOT NULL"),
+            postgresql_where=text("organization_id IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    organization_id: Mapped[int | None] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    used: Mapped[int] = mapped_column(Integer)
+    included: Mapped[int] = mapped_column(Integer)
+    plan_id: Mapped[str] = mapped_column(String(32))
+    stripe_meter_id: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MemberUsage(db.Model):  # type: ignore[name-defined,misc]
+    """One member's share of an organization's pool in one billing period.
+
+    Kept in the same transaction as the pool's ``usage_records`` row so the
+    admin's member table reads one row per member instead of summing events.
+    """
+
+    __tablename__ = "member_usage"
+
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    used: Mapped[int] = mapped_column(Integer)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime())

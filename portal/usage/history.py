@@ -1,0 +1,94 @@
+"""A billing subject's usage over its past billing periods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portal.models import UsageRecord
+from portal.periods import BillingPeriod
+from portal.plans import Plan, WarningLevel, get_plan, percent_used, warning_level
+from portal.usage.subjects import EffectivePlan, SubjectKind, resolve_effective_plan
+
+DEFAULT_HISTORY_PERIODS = 12
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    """Usage in one billing period, with the plan that governed it."""
+
+    period: BillingPeriod
+    plan: Plan
+    used: int
+    included: int
+    is_current: bool
+
+    @property
+    def percent(self) -> Decimal:
+        return percent_used(self.used, self.included)
+
+    @property
+    def warning_level(self) -> WarningLevel:
+        return warning_level(self.used, self.included)
+
+    @property
+    def overage_count(self) -> int:
+        return 0 if self.plan.is_hard_capped else max(0, self.used - self.included)
+
+    @property
+    def overage_cost_cents(self) -> int:
+        return self.plan.overage_cost_cents(self.overage_count)
+
+
+@dataclass(frozen=True)
+class UsageHistory:
+    effective: EffectivePlan
+    periods: list[PeriodUsage]
+    """Newest first, one per period, periods without usage included."""
+
+
+def get_usage_history(
+    session: Session, user: int | str, now: datetime, periods: int = DEFAULT_HISTORY_PERIODS
+) -> UsageHistory:
+    """The last ``periods`` billing periods of the user's billing subject, newest first.
+
+    Periods follow the current plan's cycle. Usage counted under an earlier
+    plan whose periods started on other days shows in the period its own
+    period started in, and keeps that plan's allowance and overage rate.
+    """
+    if periods < 1:
+        raise ValueError(f"periods must be at least 1, got {periods}")
+    effective = resolve_effective_plan(session, user)
+    current = effective.period_at(now)
+    window = [current.shifted(-offset) for offset in range(periods)]
+    subject = effective.subject
+    subject_column = (
+        UsageRecord.organization_id
+        if subject.kind is SubjectKind.ORGANIZATION
+        else UsageRecord.user_id
+    )
+    records = session.execute(
+        select(UsageRecord.period_start, UsageRecord.used, UsageRecord.included, UsageRecord.plan_id)
+        .where(
+            subject_column == subject.id,
+            UsageRecord.period_start >= window[-1].start,
+            UsageRecord.period_start < current.end,
+        )
+        .order_by(UsageRecord.period_start)
+    ).all()
+
+    rows: list[PeriodUsage] = []
+    for period in window:
+        inside = [r for r in records if r.period_start in period]
+        used = sum(r.used for r in inside)
+        if inside:
+            governing = next((r for r in inside if r.period_start == period.start), inside[-1])
+            plan, included = get_plan(governing.plan_id), governing.included
+        else:
+            plan, included = effective.plan, effective.included
+        rows.append(PeriodUsage(period, plan, used, included, period == current))
+    return UsageHistory(effective, rows)

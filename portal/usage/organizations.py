@@ -1,0 +1,280 @@
+"""The organization admin's view: the pool and every member's share of it."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, or_, select
+from sqlalchemy.orm import Session
+
+from portal.models import MemberUsage, Membership, Organization, UsageRecord, User
+from portal.periods import BillingPeriod, period_containing
+from portal.plans import LEVEL_FLOORS, Plan, WarningLevel, get_plan, percent_used, warning_level
+
+DEFAULT_PAGE_SIZE = 25
+MAX_PAGE_SIZE = 200
+
+
+class MemberSort(enum.StrEnum):
+    NAME = "name"
+    EMAIL = "email"
+    ROLE = "role"
+    USED = "used"
+    LAST_ACTIVITY = "last_activity"
+
+
+@dataclass(frozen=True)
+class MemberUsageRow:
+    """One member's usage of the pool in a period.
+
+    The warning level compares the member's usage with one seat's allowance,
+    so an admin sees who uses more than their share.
+    """
+
+    user_id: int
+    display_name: str
+    email: str
+    role: str
+    used: int
+    pool_included: int
+    seat_included: int
+    last_used_at: datetime | None
+    """Last usage in the period; ``None`` when the member used nothing."""
+
+    @property
+    def share_percent(self) -> Decimal:
+        """The member's part of the pool's included amount."""
+        return percent_used(self.used, self.pool_included)
+
+    @property
+    def warning_level(self) -> WarningLevel:
+        return warning_level(self.used, self.seat_included)
+
+
+@dataclass(frozen=True)
+class OrgUsageSummary:
+    organization_id: int
+    slug: str
+    name: str
+    plan: Plan
+    seats: int
+    period: BillingPeriod
+    pool_used: int
+    """Everything counted against the pool, former members included."""
+    pool_included: int
+    member_count: int
+    members_used: int
+    """Usage of all current members, not only those on this page."""
+    members_per_level: dict[WarningLevel, int]
+    rows: list[MemberUsageRow]
+    matching_members: int
+    """Members matching the filter, across all pages."""
+    page: int
+    page_size: int
+    sort: MemberSort
+    descending: bool
+    search: str
+
+    @property
+    def percent(self) -> Decimal:
+        return percent_used(self.pool_used, self.pool_included)
+
+    @property
+    def warning_level(self) -> WarningLevel:
+        return warning_level(self.pool_used, self.pool_included)
+
+    @property
+    def average_per_member(self) -> Decimal:
+        if self.member_count == 0:
+            return Decimal(0)
+        return (Decimal(self.members_used) / self.member_count).quantize(Decimal("0.1"))
+
+    @property
+    def page_count(self) -> int:
+        return max(1, math.ceil(self.matching_members / self.page_size))
+
+    @property
+    def overage_count(self) -> int:
+        return 0 if self.plan.is_hard_capped else max(0, self.pool_used - self.pool_included)
+
+    @property
+    def overage_cost_cents(self) -> int:
+        return self.plan.overage_cost_cents(self.overage_count)
+
+
+def organization_period(org: Organization, moment: datetime) -> BillingPeriod:
+    """The organization's billing period containing ``moment``."""
+    return period_containing(moment, org.billing_anchor)
+
+
+def _member_used() -> Any:
+    return func.coalesce(MemberUsage.used, 0)
+
+
+def _members_query(org: Organization, period: BillingPeriod) -> Select[Any]:
+    """Every member of ``org`` with their usage in ``period`` (zero when none)."""
+    return (
+        select(
+            User.id,
+            User.display_name,
+            User.email,
+            Membership.role,
+            _member_used().label("used"),
+            MemberUsage.last_used_at,
+        )
+        .select_from(Membership)
+        .join(User, User.id == Membership.user_id)
+        .outerjoin(
+            MemberUsage,
+            and_(
+                MemberUsage.organization_id == Membership.organization_id,
+                MemberUsage.period_start == period.start,
+                MemberUsage.user_id == Membership.user_id,
+            ),
+        )
+        .where(Membership.organization_id == org.id)
+    )
+
+
+def _search_clause(search: str) -> Any:
+    pattern = "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return or_(
+        func.lower(User.display_name).like(pattern, escape="\\"),
+        User.email.like(pattern, escape="\\"),
+    )
+
+
+_SORT_COLUMNS: dict[MemberSort, Any] = {
+    MemberSort.NAME: func.lower(User.display_name),
+    MemberSort.EMAIL: User.email,
+    MemberSort.ROLE: Membership.role,
+    MemberSort.USED: _member_used(),
+    MemberSort.LAST_ACTIVITY: MemberUsage.last_used_at,
+}
+
+
+def _ordered(query: Select[Any], sort: MemberSort, descending: bool) -> Select[Any]:
+    column = _SORT_COLUMNS[sort]
+    # Members without activity sort last either way; the email breaks ties so
+    # pages never overlap.
+    key = column.desc() if descending else column.asc()
+    if sort is MemberSort.LAST_ACTIVITY:
+        return query.order_by(column.is_(None), key, User.email)
+    return query.order_by(key, User.email)
+
+
+def get_org_usage_summary(
+    session: Session,
+    org: Organization,
+    period: BillingPeriod,
+    *,
+    sort: MemberSort = MemberSort.USED,
+    descending: bool = True,
+    search: str = "",
+    page: int = 1,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> OrgUsageSummary:
+    """The pool, totals over all members, and one page of the member table.
+
+    Four SQL statements whatever the number of members.
+    """
+    if page < 1:
+        raise ValueError(f"page must be at least 1, got {page}")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be from 1 to {MAX_PAGE_SIZE}, got {page_size}")
+    plan = get_plan(org.plan_id)
+    pool_included = plan.included_for(org.seats)
+    search = search.strip()
+
+    pool_used = session.scalar(
+        select(UsageRecord.used).where(
+            UsageRecord.organization_id == org.id, UsageRecord.period_start == period.start
+        )
+    )
+
+    members = _members_query(org, period).subquery()
+    at_least = [
+        func.coalesce(
+            func.sum(case((members.c.used * 100 >= floor * plan.included_per_seat, 1), else_=0)), 0
+        )
+        for _, floor in LEVEL_FLOORS
+    ]
+    member_count, members_used, *reaching = session.execute(
+        select(func.count(), func.coalesce(func.sum(members.c.used), 0), *at_least)
+    ).one()
+    # ``reaching`` counts members at or above each level's floor, highest
+    # level first; a level's own count is the difference to the next one up.
+    per_level: dict[WarningLevel, int] = {}
+    above = 0
+    for (level, _), count in zip(LEVEL_FLOORS, reaching, strict=True):
+        per_level[level] = int(count) - above
+        above = int(count)
+
+    filtered = _members_query(org, period)
+    if search:
+        filtered = filtered.where(_search_clause(search))
+    matching = session.scalar(select(func.count()).select_from(filtered.subquery())) or 0
+    page_rows = session.execute(
+        _ordered(filtered, sort, descending).limit(page_size).offset((page - 1) * page_size)
+    ).all()
+    return OrgUsageSummary(
+        organization_id=org.id,
+        slug=org.slug,
+        name=org.name,
+        plan=plan,
+        seats=org.seats,
+        period=period,
+        pool_used=pool_used or 0,
+        pool_included=pool_included,
+        member_count=int(member_count),
+        members_used=int(members_used),
+        members_per_level=per_level,
+        rows=[_row(r, pool_included, plan.included_per_seat) for r in page_rows],
+        matching_members=matching,
+        page=page,
+        page_size=page_size,
+        sort=sort,
+        descending=descending,
+        search=search,
+    )
+
+
+def iter_org_member_usage(
+    session: Session,
+    org: Organization,
+    period: BillingPeriod,
+    *,
+    sort: MemberSort = MemberSort.USED,
+    descending: bool = True,
+    search: str = "",
+) -> Iterator[MemberUsageRow]:
+    """Every member's row, streamed from the database in order (for exports)."""
+    plan = get_plan(org.plan_id)
+    query = _members_query(org, period)
+    if search.strip():
+        query = query.where(_search_clause(search.strip()))
+    result = session.execute(
+        _ordered(query, sort, descending), execution_options={"yield_per": 1000}
+    )
+    pool_included = plan.included_for(org.seats)
+    for row in result:
+        yield _row(row, pool_included, plan.included_per_seat)
+
+
+def _row(row: Any, pool_included: int, seat_included: int) -> MemberUsageRow:
+    return MemberUsageRow(
+        user_id=row.id,
+        display_name=row.display_name,
+        email=row.email,
+        role=row.role,
+        used=int(row.used),
+        pool_included=pool_included,
+        seat_included=seat_included,
+        last_used_at=row.last_used_at,
+    )

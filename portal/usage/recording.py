@@ -1,0 +1,308 @@
+"""``record_usage``: count one use of the assistant, exactly, under concurrency.
+
+The event row and the running total change in the caller's transaction, with
+atomic SQL only: the total is incremented by the database
+(``INSERT … ON CONFLICT … DO UPDATE SET used = used + :quantity``), never read,
+added in Python and written back. On hard-capped plans the cap is part of that
+same statement, so concurrent calls cannot take ``used`` past ``included``.
+
+Locks are always taken in one order (the idempotency key's index entry, then
+the subject's total, then the member's share), so concurrent calls queue and
+never deadlock. The caller commits.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from portal.models import MemberUsage, UsageEvent, UsageRecord
+from portal.periods import BillingPeriod, as_utc
+from portal.plans import DEFAULT_EVENT_TYPE, EVENT_TYPES
+from portal.usage.status import UsageStatus, build_status, status_for
+from portal.usage.subjects import EffectivePlan, SubjectKind, resolve_effective_plan
+
+MAX_QUANTITY = 10_000
+"""Largest quantity one event may carry; more is a caller's bug, not usage."""
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+"""How far in the future ``occurred_at`` may be: a caller's clock running fast."""
+MAX_BACKDATE = timedelta(days=7)
+"""How far in the past ``occurred_at`` may be. A backend retrying for longer
+than a week has lost track; Stripe would refuse such usage after 35 days."""
+MAX_METADATA_BYTES = 2048
+
+
+class InvalidUsage(ValueError):
+    """The request to record usage is malformed; ``errors`` maps each field to its problem."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{field}: {message}" for field, message in self.errors.items()))
+
+
+class IdempotencyKeyReused(ValueError):
+    """The idempotency key was used before for a different user, type or quantity."""
+
+
+class RecordResult(enum.StrEnum):
+    CREATED = "created"
+    DUPLICATE = "duplicate"
+    """The idempotency key was seen before: nothing new was counted."""
+    LIMIT_REACHED = "limit_reached"
+    """A hard cap refused the usage: nothing was recorded."""
+
+
+@dataclass(frozen=True)
+class UsageRequest:
+    """A validated request to record usage."""
+
+    idempotency_key: str
+    event_type: str
+    quantity: int
+    occurred_at: datetime
+    metadata: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    result: RecordResult
+    event_id: uuid.UUID | None
+    """The event counted (for a duplicate, the original one); ``None`` when refused."""
+    status: UsageStatus
+
+
+def validate_usage_request(
+    *,
+    idempotency_key: object,
+    now: datetime,
+    event_type: object = DEFAULT_EVENT_TYPE,
+    quantity: object = 1,
+    occurred_at: object = None,
+    metadata: object = None,
+) -> UsageRequest:
+    """Check every field at once; ``InvalidUsage`` lists all that are wrong."""
+    errors: dict[str, str] = {}
+    if not isinstance(idempotency_key, str) or not idempotency_key.strip():
+        errors["idempotency_key"] = "is required and must be a non-empty string"
+    elif len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        errors["idempotency_key"] = f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+        errors["event_type"] = f"must be one of {', '.join(EVENT_TYPES)}"
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        errors["quantity"] = "must be a whole number"
+    elif not 1 <= quantity <= MAX_QUANTITY:
+        errors["quantity"] = f"must be from 1 to {MAX_QUANTITY}"
+    when = now
+    if occurred_at is not None:
+        if not isinstance(occurred_at, datetime) or occurred_at.tzinfo is None:
+            errors["occurred_at"] = "must be a date and time with a UTC offset"
+        elif occurred_at > now + MAX_CLOCK_SKEW:
+            errors["occurred_at"] = "must not be in the future"
+        elif occurred_at < now - MAX_BACKDATE:
+            errors["occurred_at"] = f"must not be more than {MAX_BACKDATE.days} days in the past"
+        else:
+            when = as_utc(occurred_at)
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            errors["metadata"] = "must be an object"
+        elif len(json.dumps(metadata, default=str)) > MAX_METADATA_BYTES:
+            errors["metadata"] = f"must be at most {MAX_METADATA_BYTES} bytes as JSON"
+    if errors:
+        raise InvalidUsage(errors)
+    assert isinstance(idempotency_key, str) and isinstance(event_type, str)
+    assert isinstance(quantity, int)
+    return UsageRequest(
+        idempotency_key, event_type, quantity, when, metadata if metadata else None
+    )
+
+
+def record_usage(
+    session: Session,
+    user: int | str,
+    *,
+    idempotency_key: object,
+    now: datetime,
+    event_type: object = DEFAULT_EVENT_TYPE,
+    quantity: object = 1,
+    occurred_at: object = None,
+    metadata: object = None,
+) -> RecordOutcome:
+    """Record one usage event for a user (id or email) and count it against their quota.
+
+    Raises ``InvalidUsage`` for bad input, ``UnknownUser`` for an unknown
+    user and ``IdempotencyKeyReused`` when the key belongs to a different
+    usage; in each case nothing is written. The same key again returns the
+    original event with ``DUPLICATE`` and counts nothing. A refused usage
+    (``LIMIT_REACHED``) stores nothing, so its key may be used again later.
+    """
+    request = validate_usage_request(
+        idempotency_key=idempotency_key,
+        now=now,
+        event_type=event_type,
+        quantity=quantity,
+        occurred_at=occurred_at,
+        metadata=metadata,
+    )
+    effective = resolve_effective_plan(session, user)
+    return record_validated(session, effective, request, now)
+
+
+def record_validated(
+    session: Session, effective: EffectivePlan, request: UsageRequest, now: datetime
+) -> RecordOutcome:
+    """``record_usage`` for input already validated and a user already resolved."""
+    period = effective.period_at(request.occurred_at)
+    subject = effective.subject
+    is_pool = subject.kind is SubjectKind.ORGANIZATION
+    event_id = uuid.uuid4()
+    inserted = session.execute(
+        _insert(session, UsageEvent.__table__)
+        .values(
+            id=event_id,
+            user_id=effective.user_id,
+            organization_id=subject.id if is_pool else None,
+            plan_id=effective.plan.id,
+            event_type=request.event_type,
+            quantity=request.quantity,
+            idempotency_key=request.idempotency_key,
+            occurred_at=request.occurred_at,
+            recorded_at=now,
+            period_start=period.start,
+            period_end=period.end,
+            metadata=request.metadata,
+        )
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(UsageEvent.id)
+    ).scalar_one_or_none()
+    if inserted is None:
+        return _original_outcome(session, effective, request, now)
+
+    if not EVENT_TYPES[request.event_type]:
+        return RecordOutcome(RecordResult.CREATED, event_id, status_for(session, effective, period, now))
+
+    used = _increment_total(session, effective, period, request.quantity, now)
+    if used is None:
+        # The cap refused it: take back the event this transaction just wrote,
+        # so nothing of the refused usage remains.
+        session.execute(delete(UsageEvent).where(UsageEvent.id == event_id))
+        status = status_for(session, effective, period, now)
+        return RecordOutcome(RecordResult.LIMIT_REACHED, None, status)
+    member_used = (
+        _increment_member_share(session, effective, period, request, now) if is_pool else None
+    )
+    return RecordOutcome(
+        RecordResult.CREATED, event_id, build_status(effective, period, used, member_used, now)
+    )
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT, which knows ``ON CONFLICT``."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"recording usage is not supported on {dialect}")
+
+
+def _increment_total(
+    session: Session, effective: EffectivePlan, period: BillingPeriod, quantity: int, now: datetime
+) -> int | None:
+    """Add ``quantity`` to the subject's total for ``period``; ``None`` if the cap refuses."""
+    included = effective.included
+    capped = effective.plan.is_hard_capped
+    if capped and quantity > included:
+        return None
+    table: Table = UsageRecord.__table__  # type: ignore[assignment]
+    subject = effective.subject
+    subject_column = (
+        table.c.organization_id if subject.kind is SubjectKind.ORGANIZATION else table.c.user_id
+    )
+    statement = _insert(session, table).values(
+        {
+            subject_column: subject.id,
+            table.c.period_start: period.start,
+            table.c.period_end: period.end,
+            table.c.used: quantity,
+            table.c.included: included,
+            table.c.plan_id: effective.plan.id,
+            table.c.updated_at: now,
+        }
+    )
+    excluded = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=[subject_column, table.c.period_start],
+        index_where=subject_column.isnot(None),
+        # The plan's current allowance wins: seats bought mid-period count at once.
+        set_={
+            "used": table.c.used + excluded.used,
+            "included": excluded.included,
+            "plan_id": excluded.plan_id,
+            "updated_at": excluded.updated_at,
+        },
+        where=(table.c.used + excluded.used <= excluded.included) if capped else None,
+    ).returning(table.c.used)
+    return session.execute(statement).scalar_one_or_none()
+
+
+def _increment_member_share(
+    session: Session,
+    effective: EffectivePlan,
+    period: BillingPeriod,
+    request: UsageRequest,
+    now: datetime,
+) -> int:
+    table: Table = MemberUsage.__table__  # type: ignore[assignment]
+    statement = _insert(session, table).values(
+        organization_id=effective.subject.id,
+        period_start=period.start,
+        user_id=effective.user_id,
+        used=request.quantity,
+        last_used_at=request.occurred_at,
+    )
+    excluded = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.organization_id, table.c.period_start, table.c.user_id],
+        set_={
+            "used": table.c.used + excluded.used,
+            "last_used_at": _later(session, table.c.last_used_at, excluded.last_used_at),
+        },
+    ).returning(table.c.used)
+    return int(session.execute(statement).scalar_one())
+
+
+def _later(session: Session, left: Any, right: Any) -> Any:
+    # PostgreSQL spells the two-argument maximum GREATEST, SQLite MAX.
+    if session.get_bind().dialect.name == "postgresql":
+        return func.greatest(left, right)
+    return func.max(left, right)
+
+
+def _original_outcome(
+    session: Session, effective: EffectivePlan, request: UsageRequest, now: datetime
+) -> RecordOutcome:
+    original = session.execute(
+        select(UsageEvent).where(UsageEvent.idempotency_key == request.idempotency_key)
+    ).scalar_one()
+    if (original.user_id, original.event_type, original.quantity) != (
+        effective.user_id,
+        request.event_type,
+        request.quantity,
+    ):
+        raise IdempotencyKeyReused(
+            f"idempotency key {request.idempotency_key!r} was used for a different usage "
+            f"(event {original.id})"
+        )
+    period = effective.period_at(original.occurred_at)
+    status = status_for(session, effective, period, now)
+    return RecordOutcome(RecordResult.DUPLICATE, original.id, status)
