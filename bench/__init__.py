@@ -1,0 +1,1 @@
+"""Benchmarks of the portal's hot paths; ``make bench`` runs them all (see ``bench.run_all``)."""

@@ -1,0 +1,288 @@
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from portal.extensions import db
+from portal.models import MemberUsage, UsageEvent, UsageRecord
+from portal.usage import (
+    IdempotencyKeyReused,
+    InvalidUsage,
+    RecordResult,
+    UnknownUser,
+    check_usage,
+    record_usage,
+)
+from tests.factories import T0, make_org, make_user
+
+NOW = T0 + timedelta(days=3)
+T = TypeVar("T")
+
+
+def counts(session: Session) -> tuple[int, int, int]:
+    """(events, sum of usage_records.used, sum of member_usage.used)."""
+    return (
+        session.scalar(select(func.count()).select_from(UsageEvent)) or 0,
+        session.scalar(select(func.coalesce(func.sum(UsageRecord.used), 0))) or 0,
+        session.scalar(select(func.coalesce(func.sum(MemberUsage.used), 0))) or 0,
+    )
+
+
+def run_concurrently(workers: int, work: Callable[[int], T]) -> list[T]:
+    """Run ``work(i)`` in ``workers`` threads released at the same instant."""
+    barrier = threading.Barrier(workers)
+    results: list[T | BaseException] = [RuntimeError("not run")] * workers
+
+    def target(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except BaseException as error:  # handed back to the test thread below
+            results[i] = error
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def record_in_own_session(engine: Engine, user_id: int, key: str, **kwargs: object) -> RecordResult:
+    with Session(engine) as own:
+        outcome = record_usage(own, user_id, idempotency_key=key, now=NOW, **kwargs)
+        own.commit()
+        return outcome.result
+
+
+def test_recording_counts_the_event_in_its_billing_period(session: Session) -> None:
+    user = make_user(session, plan="starter")
+    session.commit()
+    outcome = record_usage(session, user.id, idempotency_key="a", now=NOW, quantity=3)
+    session.commit()
+    assert outcome.result is RecordResult.CREATED
+    assert outcome.status.used == 3 and outcome.status.remaining == 22
+    event = session.get(UsageEvent, outcome.event_id)
+    assert event is not None
+    assert (event.quantity, event.period_start, event.stripe_reported_at) == (3, T0, None)
+    record = session.scalars(select(UsageRecord)).one()
+    assert (record.user_id, record.used, record.included, record.plan_id) == (user.id, 3, 25, "starter")
+
+
+def test_same_idempotency_key_counts_once_and_returns_the_original_event(session: Session) -> None:
+    user = make_user(session, plan="pro")
+    first = record_usage(session, user.id, idempotency_key="retry-me", now=NOW)
+    session.commit()
+    again = record_usage(session, user.email, idempotency_key="retry-me", now=NOW + timedelta(hours=5))
+    session.commit()
+    assert again.result is RecordResult.DUPLICATE
+    assert again.event_id == first.event_id
+    assert again.status.used == 1
+    assert counts(session) == (1, 1, 0)
+
+
+def test_idempotency_key_reused_for_other_usage_is_refused(session: Session) -> None:
+    user = make_user(session, plan="pro")
+    record_usage(session, user.id, idempotency_key="k", now=NOW)
+    session.commit()
+    with pytest.raises(IdempotencyKeyReused):
+        record_usage(session, user.id, idempotency_key="k", now=NOW, quantity=2)
+    session.rollback()
+    assert counts(session) == (1, 1, 0)
+
+
+def test_free_plan_is_hard_capped_and_a_refusal_records_nothing(session: Session) -> None:
+    user = make_user(session)
+    for i in range(5):
+        assert record_usage(session, user.id, idempotency_key=f"k{i}", now=NOW).result is RecordResult.CREATED
+        session.commit()
+    refused = record_usage(session, user.id, idempotency_key="k5", now=NOW)
+    session.commit()
+    assert refused.result is RecordResult.LIMIT_REACHED
+    assert refused.event_id is None
+    assert not refused.status.allowed and str(refused.status.reason) == "limit_reached"
+    assert counts(session) == (5, 5, 0)
+    # A retry of an event that was counted is still a duplicate at the cap.
+    assert record_usage(session, user.id, idempotency_key="k4", now=NOW).result is RecordResult.DUPLICATE
+
+
+def test_quantity_larger_than_what_is_left_is_refused_whole(session: Session) -> None:
+    user = make_user(session)
+    record_usage(session, user.id, idempotency_key="a", now=NOW, quantity=3)
+    session.commit()
+    assert record_usage(session, user.id, idempotency_key="b", now=NOW, quantity=3).result is RecordResult.LIMIT_REACHED
+    assert record_usage(session, user.id, idempotency_key="c", now=NOW, quantity=2).result is RecordResult.CREATED
+    session.commit()
+    assert counts(session) == (2, 5, 0)
+
+
+def test_paid_plan_goes_into_overage_and_prices_it(session: Session) -> None:
+    user = make_user(session, plan="starter")
+    outcome = record_usage(session, user.id, idempotency_key="big", now=NOW, quantity=30)
+    session.commit()
+    status = outcome.status
+    assert outcome.result is RecordResult.CREATED and status.allowed
+    assert (status.used, status.included, status.overage_count) == (30, 25, 5)
+    assert status.overage_cost_cents == 5 * 35
+    assert str(status.reason) == "overage" and str(status.warning_level) == "exceeded"
+
+
+def test_team_members_draw_on_one_pool_and_keep_their_own_share(session: Session) -> None:
+    org = make_org(session, plan="team", seats=2)
+    alice, bob = make_user(session, org=org), make_user(session, org=org)
+    record_usage(session, alice.id, idempotency_key="a1", now=NOW, quantity=30)
+    outcome = record_usage(session, bob.id, idempotency_key="b1", now=NOW, quantity=50)
+    session.commit()
+    assert (outcome.status.used, outcome.status.included, outcome.status.member_used) == (80, 100, 50)
+    assert check_usage(session, alice.id, NOW).member_used == 30
+    assert counts(session) == (2, 80, 80)
+
+
+def test_refinements_are_recorded_but_not_counted(session: Session) -> None:
+    user = make_user(session)
+    outcome = record_usage(session, user.id, idempotency_key="r", now=NOW, event_type="refinement")
+    session.commit()
+    assert outcome.result is RecordResult.CREATED and outcome.status.used == 0
+    assert counts(session) == (1, 0, 0)
+
+
+def test_backdated_event_counts_in_the_period_it_occurred_in(session: Session) -> None:
+    user = make_user(session, plan="pro")
+    now = T0 + timedelta(minutes=30)  # just after the period began
+    record_usage(session, user.id, idempotency_key="late", now=now, occurred_at=T0 - timedelta(seconds=1))
+    session.commit()
+    record = session.scalars(select(UsageRecord)).one()
+    assert record.period_end == T0 and record.used == 1
+    assert check_usage(session, user.id, now).used == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("quantity", {"quantity": 0}),
+        ("quantity", {"quantity": -2}),
+        ("quantity", {"quantity": 1.5}),
+        ("quantity", {"quantity": True}),
+        ("quantity", {"quantity": 10**9}),
+        ("event_type", {"event_type": "teleport"}),
+        ("idempotency_key", {"idempotency_key": ""}),
+        ("idempotency_key", {"idempotency_key": "x" * 256}),
+        ("occurred_at", {"occurred_at": NOW + timedelta(hours=1)}),
+        ("occurred_at", {"occurred_at": NOW - timedelta(days=30)}),
+        ("occurred_at", {"occurred_at": datetime(2026, 3, 18)}),
+        ("metadata", {"metadata": ["not", "an", "object"]}),
+        ("metadata", {"metadata": {"blob": "x" * 5000}}),
+    ],
+)
+def test_bad_input_is_refused_with_the_field_named_and_changes_nothing(
+    session: Session, field: str, kwargs: dict[str, object]
+) -> None:
+    user = make_user(session, plan="pro")
+    session.commit()
+    arguments: dict[str, object] = {"idempotency_key": "ok", **kwargs}
+    with pytest.raises(InvalidUsage) as raised:
+        record_usage(session, user.id, now=NOW, **arguments)  # type: ignore[arg-type]
+    session.rollback()
+    assert field in raised.value.errors
+    assert counts(session) == (0, 0, 0)
+
+
+def test_all_field_errors_are_reported_together(session: Session) -> None:
+    with pytest.raises(InvalidUsage) as raised:
+        record_usage(session, 1, idempotency_key="", quantity=0, event_type="?", now=NOW)
+    assert set(raised.value.errors) == {"idempotency_key", "quantity", "event_type"}
+
+
+def test_unknown_user_records_nothing(session: Session) -> None:
+    with pytest.raises(UnknownUser):
+        record_usage(session, "ghost@example.com", idempotency_key="g", now=NOW)
+    session.rollback()
+    assert counts(session) == (0, 0, 0)
+
+
+# Real concurrency: threads with their own sessions and connections.
+
+
+def test_concurrent_increments_for_one_user_are_all_counted(session: Session, engine_name: str) -> None:
+    engine = db.engine
+    threads, per_thread = (16, 500) if engine_name == "postgresql" else (8, 100)
+    user_id = make_user(session, plan="pro").id
+    session.commit()
+
+    def work(worker: int) -> int:
+        with Session(engine) as own:
+            for i in range(per_thread):
+                record_usage(own, user_id, idempotency_key=f"{worker}-{i}", now=NOW)
+                own.commit()
+        return per_thread
+
+    run_concurrently(threads, work)
+    assert check_usage(session, user_id, NOW).used == threads * per_thread
+    assert counts(session) == (threads * per_thread, threads * per_thread, 0)
+
+
+def test_hard_cap_holds_under_concurrent_calls(session: Session) -> None:
+    engine = db.engine
+    org = make_org(session, plan="team", seats=1)  # overage plan: control group
+    free_user_id = make_user(session).id
+    record_usage(session, free_user_id, idempotency_key="warm", now=NOW)
+    session.commit()
+    del org
+
+    # 4 left on the free plan's 5; 50 callers race for them.
+    results = run_concurrently(50, lambda i: record_in_own_session(engine, free_user_id, f"race-{i}"))
+    assert Counter(results) == {RecordResult.CREATED: 4, RecordResult.LIMIT_REACHED: 46}
+    assert counts(session) == (5, 5, 0)
+
+
+def test_five_left_and_fifty_concurrent_callers_record_exactly_five(session: Session) -> None:
+    engine = db.engine
+    user_id = make_user(session).id
+    session.commit()
+    results = run_concurrently(50, lambda i: record_in_own_session(engine, user_id, f"race-{i}"))
+    assert Counter(results)[RecordResult.CREATED] == 5
+    assert check_usage(session, user_id, NOW).used == 5
+    assert counts(session)[0] == 5
+
+
+def test_one_idempotency_key_from_eight_threads_records_once(session: Session) -> None:
+    engine = db.engine
+    org = make_org(session, plan="business", seats=1)
+    user_id = make_user(session, org=org).id
+    session.commit()
+    results = run_concurrently(8, lambda i: record_in_own_session(engine, user_id, "same-key", quantity=2))
+    assert Counter(results) == {RecordResult.CREATED: 1, RecordResult.DUPLICATE: 7}
+    assert counts(session) == (1, 2, 2)
+
+
+def test_pool_cap_and_counts_hold_when_members_race(session: Session) -> None:
+    engine = db.engine
+    org = make_org(session, plan="team", seats=1)
+    members = [make_user(session, org=org).id for _ in range(4)]
+    session.commit()
+    results = run_concurrently(
+        20, lambda i: record_in_own_session(engine, members[i % 4], f"m-{i}", quantity=5)
+    )
+    assert Counter(results) == {RecordResult.CREATED: 20}
+    assert counts(session) == (20, 100, 100)
+    assert check_usage(session, members[0], NOW).member_used == 25
+
+
+def test_recorded_times_are_utc(session: Session) -> None:
+    user = make_user(session, plan="pro")
+    outcome = record_usage(session, user.id, idempotency_key="tz", now=NOW)
+    session.commit()
+    session.expire_all()
+    event = session.get(UsageEvent, outcome.event_id)
+    assert event is not None and event.occurred_at == NOW and event.occurred_at.tzinfo is UTC
