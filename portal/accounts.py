@@ -53,7 +53,9 @@ def create_organization(
     if not name.strip():
         raise AccountError("name must not be empty")
     if plan_id not in ORGANIZATION_PLAN_IDS:
-        raise AccountError(f"plan must be one of {', '.join(ORGANIZATION_PLAN_IDS)}, got {plan_id!r}")
+        raise AccountError(
+            f"plan must be one of {', '.join(ORGANIZATION_PLAN_IDS)}, got {plan_id!r}"
+        )
     if not 1 <= seats <= MAX_SEATS:
         raise AccountError(f"seats must be from 1 to {MAX_SEATS}, got {seats}")
     _check_stripe_customer(stripe_customer_id)

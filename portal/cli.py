@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import click
 from flask import Flask
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from portal.accounts import AccountError, create_organization, create_user
 from portal.extensions import db
@@ -16,6 +17,11 @@ from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _session() -> Session:
+    """The request-scoped session itself, as the domain functions take it."""
+    return db.session()
 
 
 @click.command("create-org")
@@ -30,7 +36,7 @@ def create_org_command(
     """Create an organization on a team or business plan, its period starting now."""
     try:
         org = create_organization(
-            db.session,
+            _session(),
             slug=slug,
             name=name,
             plan_id=plan_id,
@@ -49,7 +55,9 @@ def create_org_command(
 @click.option("--email", required=True)
 @click.option("--password", required=True, help="At least 8 characters.")
 @click.option("--name", default=None, help="Display name (default: the email's local part).")
-@click.option("--plan", "plan_id", default="free", show_default=True, type=click.Choice(INDIVIDUAL_PLAN_IDS))
+@click.option(
+    "--plan", "plan_id", default="free", show_default=True, type=click.Choice(INDIVIDUAL_PLAN_IDS)
+)
 @click.option("--stripe-customer", default=None, help="Stripe customer id (cus_…), paid plans.")
 @click.option("--org", "org_slug", default=None, help="Slug of an organization to join.")
 @click.option("--role", default=None, type=click.Choice(["admin", "member"]), help="Role in --org.")
@@ -72,7 +80,7 @@ def create_user_command(
             raise click.UsageError(f"no organization with slug {org_slug!r}")
     try:
         user = create_user(
-            db.session,
+            _session(),
             email=email,
             password=password,
             display_name=name,
@@ -95,7 +103,7 @@ def seed_demo_command() -> None:
     """Load the demo data set into an empty database (does nothing otherwise)."""
     from portal.demo import DEMO_PASSWORD, seed_demo
 
-    result = seed_demo(db.session, _now())
+    result = seed_demo(_session(), _now())
     db.session.commit()
     if result.loaded:
         click.echo(f"Loaded demo data: {result.users} users, {result.events} usage events.")

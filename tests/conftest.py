@@ -34,7 +34,9 @@ MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
 
 def pytest_configure(config: pytest.Config) -> None:
     if IN_CI and not TEST_DATABASE_URL:
-        raise pytest.UsageError("CI=true but TEST_DATABASE_URL is not set: PostgreSQL would not be tested")
+        raise pytest.UsageError(
+            "CI=true but TEST_DATABASE_URL is not set: PostgreSQL would not be tested"
+        )
 
 
 ENGINES = [
@@ -57,7 +59,9 @@ def _migrated_app(url: str) -> Flask:
 
 
 @pytest.fixture(scope="session", params=ENGINES)
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A migrated, empty database on one engine for the whole test session."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     if request.param == "sqlite":

@@ -36,9 +36,13 @@ def test_periods_tile_time_without_gap_or_overlap(anchor: datetime, moment: date
 
 
 @given(anchor=moments, offset=st.integers(min_value=-240, max_value=240))
-def test_every_period_starts_on_the_anchor_day_or_the_month_end(anchor: datetime, offset: int) -> None:
+def test_every_period_starts_on_the_anchor_day_or_the_month_end(
+    anchor: datetime, offset: int
+) -> None:
     start = add_months(anchor, offset)
-    assert start.day == anchor.day or (start.day < anchor.day and (start + timedelta(days=1)).day == 1)
+    assert start.day == anchor.day or (
+        start.day < anchor.day and (start + timedelta(days=1)).day == 1
+    )
     assert (start.hour, start.minute, start.second) == (anchor.hour, anchor.minute, anchor.second)
 
 

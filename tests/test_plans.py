@@ -64,7 +64,9 @@ def test_free_is_hard_capped_and_paid_plans_bill_overage() -> None:
         (20, 25, WarningLevel.WARNING),
     ],
 )
-def test_warning_levels_follow_the_thresholds(used: int, included: int, level: WarningLevel) -> None:
+def test_warning_levels_follow_the_thresholds(
+    used: int, included: int, level: WarningLevel
+) -> None:
     assert warning_level(used, included) is level
 
 

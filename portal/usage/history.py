@@ -72,7 +72,9 @@ def get_usage_history(
         else UsageRecord.user_id
     )
     records = session.execute(
-        select(UsageRecord.period_start, UsageRecord.used, UsageRecord.included, UsageRecord.plan_id)
+        select(
+            UsageRecord.period_start, UsageRecord.used, UsageRecord.included, UsageRecord.plan_id
+        )
         .where(
             subject_column == subject.id,
             UsageRecord.period_start >= window[-1].start,

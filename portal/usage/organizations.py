@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from portal.models import MemberUsage, Membership, Organization, UsageRecord, User
+from portal.models import Membership, MemberUsage, Organization, UsageRecord, User
 from portal.periods import BillingPeriod, period_containing
 from portal.plans import LEVEL_FLOORS, Plan, WarningLevel, get_plan, percent_used, warning_level
 
@@ -143,7 +143,9 @@ def _members_query(org: Organization, period: BillingPeriod) -> Select[Any]:
 
 
 def _search_clause(search: str) -> Any:
-    pattern = "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    pattern = (
+        "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    )
     return or_(
         func.lower(User.display_name).like(pattern, escape="\\"),
         User.email.like(pattern, escape="\\"),

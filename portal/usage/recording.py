@@ -121,9 +121,8 @@ def validate_usage_request(
         raise InvalidUsage(errors)
     assert isinstance(idempotency_key, str) and isinstance(event_type, str)
     assert isinstance(quantity, int)
-    return UsageRequest(
-        idempotency_key, event_type, quantity, when, metadata if metadata else None
-    )
+    assert metadata is None or isinstance(metadata, dict)
+    return UsageRequest(idempotency_key, event_type, quantity, when, metadata or None)
 
 
 def record_usage(
@@ -188,7 +187,9 @@ def record_validated(
         return _original_outcome(session, effective, request, now)
 
     if not EVENT_TYPES[request.event_type]:
-        return RecordOutcome(RecordResult.CREATED, event_id, status_for(session, effective, period, now))
+        return RecordOutcome(
+            RecordResult.CREATED, event_id, status_for(session, effective, period, now)
+        )
 
     used = _increment_total(session, effective, period, request.quantity, now)
     if used is None:

@@ -138,8 +138,15 @@ def build_status(
         used=used,
         included=effective.included,
         member_used=member_used,
-        projected_used=project_usage(used, period, now),
+        projected_used=_capped(effective, project_usage(used, period, now)),
     )
+
+
+def _capped(effective: EffectivePlan, projected: int) -> int:
+    # A hard cap stops usage at the included amount, so never project past it.
+    if effective.plan.is_hard_capped:
+        return min(projected, max(effective.included, 0))
+    return projected
 
 
 def status_for(

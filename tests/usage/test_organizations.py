@@ -19,9 +19,13 @@ def org_with_usage(session: Session, usage: list[int], seats: int = 20) -> Organ
     """A team org whose n-th member used ``usage[n]`` this period (seat allowance 50)."""
     org = make_org(session, plan="team", seats=seats)
     for n, used in enumerate(usage):
-        user = make_user(session, org=org, name=f"Member {n:02d}", email=f"m{n:02d}@{org.slug}.example")
+        user = make_user(
+            session, org=org, name=f"Member {n:02d}", email=f"m{n:02d}@{org.slug}.example"
+        )
         if used:
-            record_usage(session, user.id, idempotency_key=f"{org.slug}-{n}", now=NOW, quantity=used)
+            record_usage(
+                session, user.id, idempotency_key=f"{org.slug}-{n}", now=NOW, quantity=used
+            )
     session.commit()
     return org
 
@@ -58,7 +62,12 @@ def test_members_can_be_sorted_filtered_and_paged(session: Session) -> None:
     org = org_with_usage(session, [5, 0, 12, 7])
     period = organization_period(org, NOW)
     by_name = get_org_usage_summary(session, org, period, sort=MemberSort.NAME, descending=False)
-    assert [r.display_name for r in by_name.rows] == ["Member 00", "Member 01", "Member 02", "Member 03"]
+    assert [r.display_name for r in by_name.rows] == [
+        "Member 00",
+        "Member 01",
+        "Member 02",
+        "Member 03",
+    ]
     by_use = get_org_usage_summary(session, org, period, sort=MemberSort.USED, descending=False)
     assert [r.used for r in by_use.rows] == [0, 5, 7, 12]
     latest = get_org_usage_summary(session, org, period, sort=MemberSort.LAST_ACTIVITY)

@@ -77,14 +77,21 @@ def test_recording_counts_the_event_in_its_billing_period(session: Session) -> N
     assert event is not None
     assert (event.quantity, event.period_start, event.stripe_reported_at) == (3, T0, None)
     record = session.scalars(select(UsageRecord)).one()
-    assert (record.user_id, record.used, record.included, record.plan_id) == (user.id, 3, 25, "starter")
+    assert (record.user_id, record.used, record.included, record.plan_id) == (
+        user.id,
+        3,
+        25,
+        "starter",
+    )
 
 
 def test_same_idempotency_key_counts_once_and_returns_the_original_event(session: Session) -> None:
     user = make_user(session, plan="pro")
     first = record_usage(session, user.id, idempotency_key="retry-me", now=NOW)
     session.commit()
-    again = record_usage(session, user.email, idempotency_key="retry-me", now=NOW + timedelta(hours=5))
+    again = record_usage(
+        session, user.email, idempotency_key="retry-me", now=NOW + timedelta(hours=5)
+    )
     session.commit()
     assert again.result is RecordResult.DUPLICATE
     assert again.event_id == first.event_id
@@ -105,7 +112,10 @@ def test_idempotency_key_reused_for_other_usage_is_refused(session: Session) -> 
 def test_free_plan_is_hard_capped_and_a_refusal_records_nothing(session: Session) -> None:
     user = make_user(session)
     for i in range(5):
-        assert record_usage(session, user.id, idempotency_key=f"k{i}", now=NOW).result is RecordResult.CREATED
+        assert (
+            record_usage(session, user.id, idempotency_key=f"k{i}", now=NOW).result
+            is RecordResult.CREATED
+        )
         session.commit()
     refused = record_usage(session, user.id, idempotency_key="k5", now=NOW)
     session.commit()
@@ -114,15 +124,24 @@ def test_free_plan_is_hard_capped_and_a_refusal_records_nothing(session: Session
     assert not refused.status.allowed and str(refused.status.reason) == "limit_reached"
     assert counts(session) == (5, 5, 0)
     # A retry of an event that was counted is still a duplicate at the cap.
-    assert record_usage(session, user.id, idempotency_key="k4", now=NOW).result is RecordResult.DUPLICATE
+    assert (
+        record_usage(session, user.id, idempotency_key="k4", now=NOW).result
+        is RecordResult.DUPLICATE
+    )
 
 
 def test_quantity_larger_than_what_is_left_is_refused_whole(session: Session) -> None:
     user = make_user(session)
     record_usage(session, user.id, idempotency_key="a", now=NOW, quantity=3)
     session.commit()
-    assert record_usage(session, user.id, idempotency_key="b", now=NOW, quantity=3).result is RecordResult.LIMIT_REACHED
-    assert record_usage(session, user.id, idempotency_key="c", now=NOW, quantity=2).result is RecordResult.CREATED
+    assert (
+        record_usage(session, user.id, idempotency_key="b", now=NOW, quantity=3).result
+        is RecordResult.LIMIT_REACHED
+    )
+    assert (
+        record_usage(session, user.id, idempotency_key="c", now=NOW, quantity=2).result
+        is RecordResult.CREATED
+    )
     session.commit()
     assert counts(session) == (2, 5, 0)
 
@@ -144,7 +163,11 @@ def test_team_members_draw_on_one_pool_and_keep_their_own_share(session: Session
     record_usage(session, alice.id, idempotency_key="a1", now=NOW, quantity=30)
     outcome = record_usage(session, bob.id, idempotency_key="b1", now=NOW, quantity=50)
     session.commit()
-    assert (outcome.status.used, outcome.status.included, outcome.status.member_used) == (80, 100, 50)
+    assert (outcome.status.used, outcome.status.included, outcome.status.member_used) == (
+        80,
+        100,
+        50,
+    )
     assert check_usage(session, alice.id, NOW).member_used == 30
     assert counts(session) == (2, 80, 80)
 
@@ -160,7 +183,9 @@ def test_refinements_are_recorded_but_not_counted(session: Session) -> None:
 def test_backdated_event_counts_in_the_period_it_occurred_in(session: Session) -> None:
     user = make_user(session, plan="pro")
     now = T0 + timedelta(minutes=30)  # just after the period began
-    record_usage(session, user.id, idempotency_key="late", now=now, occurred_at=T0 - timedelta(seconds=1))
+    record_usage(
+        session, user.id, idempotency_key="late", now=now, occurred_at=T0 - timedelta(seconds=1)
+    )
     session.commit()
     record = session.scalars(select(UsageRecord)).one()
     assert record.period_end == T0 and record.used == 1
@@ -214,7 +239,9 @@ def test_unknown_user_records_nothing(session: Session) -> None:
 # Real concurrency: threads with their own sessions and connections.
 
 
-def test_concurrent_increments_for_one_user_are_all_counted(session: Session, engine_name: str) -> None:
+def test_concurrent_increments_for_one_user_are_all_counted(
+    session: Session, engine_name: str
+) -> None:
     engine = db.engine
     threads, per_thread = (16, 500) if engine_name == "postgresql" else (8, 100)
     user_id = make_user(session, plan="pro").id
@@ -241,7 +268,9 @@ def test_hard_cap_holds_under_concurrent_calls(session: Session) -> None:
     del org
 
     # 4 left on the free plan's 5; 50 callers race for them.
-    results = run_concurrently(50, lambda i: record_in_own_session(engine, free_user_id, f"race-{i}"))
+    results = run_concurrently(
+        50, lambda i: record_in_own_session(engine, free_user_id, f"race-{i}")
+    )
     assert Counter(results) == {RecordResult.CREATED: 4, RecordResult.LIMIT_REACHED: 46}
     assert counts(session) == (5, 5, 0)
 
@@ -261,7 +290,9 @@ def test_one_idempotency_key_from_eight_threads_records_once(session: Session) -
     org = make_org(session, plan="business", seats=1)
     user_id = make_user(session, org=org).id
     session.commit()
-    results = run_concurrently(8, lambda i: record_in_own_session(engine, user_id, "same-key", quantity=2))
+    results = run_concurrently(
+        8, lambda i: record_in_own_session(engine, user_id, "same-key", quantity=2)
+    )
     assert Counter(results) == {RecordResult.CREATED: 1, RecordResult.DUPLICATE: 7}
     assert counts(session) == (1, 2, 2)
 

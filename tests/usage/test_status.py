@@ -56,3 +56,11 @@ def test_levels_and_reasons_across_the_thresholds(session: Session) -> None:
         (110, "exceeded", "overage", True),
     ]
     assert check_usage(session, member.id, now).overage_cost_cents == 250
+
+
+def test_projection_on_a_hard_capped_plan_stops_at_the_cap(session: Session) -> None:
+    user = make_user(session)  # free: 5 a calendar month
+    now = T0.replace(day=2)
+    record_usage(session, user.id, idempotency_key="a", now=now, quantity=4)
+    session.commit()
+    assert check_usage(session, user.id, now).projected_used == 5

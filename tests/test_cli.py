@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Flask
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal.models import Membership, Organization, UsageEvent, User, UserSubscription
+from portal.usage import check_usage, get_org_usage_summary, organization_period
+
+
+def row_counts(session: Session) -> tuple[int, ...]:
+    return tuple(
+        session.scalar(select(func.count()).select_from(model)) or 0
+        for model in (Organization, User, Membership, UserSubscription, UsageEvent)
+    )
+
+
+def test_create_org_and_users_from_the_command_line(app: Flask, session: Session) -> None:
+    runner = app.test_cli_runner()
+    result = runner.invoke(
+        args=[
+            "create-org",
+            "--slug",
+            "acme",
+            "--name",
+            "Acme",
+            "--plan",
+            "team",
+            "--seats",
+            "3",
+            "--stripe-customer",
+            "cus_acme1",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        args=[
+            "create-user",
+            "--email",
+            "Admin@Acme.example",
+            "--password",
+            "s3cret-pass",
+            "--org",
+            "acme",
+            "--role",
+            "admin",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        args=[
+            "create-user",
+            "--email",
+            "solo@example.com",
+            "--password",
+            "s3cret-pass",
+            "--plan",
+            "starter",
+            "--stripe-customer",
+            "cus_solo",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+
+    now = datetime.now(UTC)
+    admin = check_usage(session, "admin@acme.example", now)
+    assert (admin.plan.id, admin.included, str(admin.subject)) == ("team", 150, "organization:acme")
+    solo = check_usage(session, "solo@example.com", now)
+    assert solo.plan.id == "starter" and solo.period.start <= now < solo.period.end
+    assert (now - solo.period.start).total_seconds() < 60  # the period starts now
+    user = session.scalars(select(User).where(User.email == "admin@acme.example")).one()
+    assert user.password_hash and "s3cret-pass" not in user.password_hash
+
+
+def test_wrong_arguments_give_a_usage_error_and_write_nothing(app: Flask, session: Session) -> None:
+    runner = app.test_cli_runner()
+    runner.invoke(
+        args=["create-org", "--slug", "acme", "--name", "Acme", "--plan", "team", "--seats", "1"]
+    )
+    before = row_counts(session)
+    bad_calls = [
+        ["create-org", "--slug", "acme", "--name", "Again", "--plan", "team", "--seats", "1"],
+        ["create-org", "--slug", "Bad Slug", "--name", "X", "--plan", "team", "--seats", "1"],
+        ["create-org", "--slug", "x", "--name", "X", "--plan", "pro", "--seats", "1"],
+        ["create-org", "--slug", "x", "--name", "X", "--plan", "team", "--seats", "0"],
+        [
+            "create-org",
+            "--slug",
+            "x",
+            "--name",
+            "X",
+            "--plan",
+            "team",
+            "--seats",
+            "2",
+            "--stripe-customer",
+            "acct_123",
+        ],
+        ["create-user", "--email", "not-an-email", "--password", "long-enough"],
+        ["create-user", "--email", "a@example.com", "--password", "short"],
+        ["create-user", "--email", "a@example.com", "--password", "long-enough", "--plan", "team"],
+        ["create-user", "--email", "a@example.com", "--password", "long-enough", "--org", "nope"],
+        ["create-user", "--email", "a@example.com", "--password", "long-enough", "--role", "admin"],
+        [
+            "create-user",
+            "--email",
+            "a@example.com",
+            "--password",
+            "long-enough",
+            "--stripe-customer",
+            "cus_x",
+        ],
+    ]
+    for args in bad_calls:
+        result = runner.invoke(args=args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Usage:" in result.output or "Error:" in result.output
+    assert row_counts(session) == before
+
+
+def test_seed_demo_loads_a_living_portal_once(app: Flask, session: Session) -> None:
+    runner = app.test_cli_runner()
+    first = runner.invoke(args=["seed-demo"])
+    assert first.exit_code == 0, first.output
+    assert "admin@acme.example" in first.output and "demo-password" in first.output
+    counts = row_counts(session)
+    again = runner.invoke(args=["seed-demo"])
+    assert "not loaded" in again.output
+    assert row_counts(session) == counts
+
+    now = datetime.now(UTC)
+    levels = {
+        str(check_usage(session, e, now).warning_level)
+        for e in (
+            "free@demo.example",
+            "capped@demo.example",
+            "starter@demo.example",
+            "pro@demo.example",
+            "trial@demo.example",
+        )
+    }
+    assert levels == {"ok", "warning", "exceeded"}
+    orgs = session.scalars(select(Organization)).all()
+    assert {o.plan_id for o in orgs} == {"team", "business"}
+    members = 0
+    for org in orgs:
+        summary = get_org_usage_summary(session, org, organization_period(org, now))
+        members += summary.member_count
+        assert summary.members_used == summary.pool_used > 0
+        assert all(summary.members_per_level.values()), summary.members_per_level
+        history_start = organization_period(org, now).shifted(-11).start
+        assert org.billing_anchor <= history_start  # a full year of history
+    assert members == 30
+    unreported = session.scalar(
+        select(func.count()).where(
+            UsageEvent.stripe_reported_at.is_(None), UsageEvent.plan_id != "free"
+        )
+    )
+    assert unreported and unreported > 0

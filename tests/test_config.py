@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from portal.config import ConfigError, load_config, normalize_database_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://app@db:5432/portal", "postgresql+psycopg://app@db:5432/portal"),
+        ("postgres://app:pw@db/portal", "postgresql+psycopg://app:pw@db/portal"),
+        ("postgresql+psycopg://app@db/portal", "postgresql+psycopg://app@db/portal"),
+        ("sqlite:////var/lib/portal.db", "sqlite:////var/lib/portal.db"),
+    ],
+)
+def test_database_url_forms_are_accepted(given: str, used: str) -> None:
+    assert normalize_database_url(given) == used
+
+
+def test_production_defaults_to_the_embedded_database(tmp_path: Path) -> None:
+    config = load_config({"SECRET_KEY": "x" * 32}, str(tmp_path))
+    assert config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/portal.db"
+    assert config["PORT"] == 5000
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({}, "SECRET_KEY"),
+        ({"SECRET_KEY": "short"}, "SECRET_KEY"),
+        ({"PORTAL_ENV": "development", "PORT": "http"}, "PORT"),
+        ({"PORTAL_ENV": "development", "PORT": "70000"}, "PORT"),
+        ({"PORTAL_ENV": "development", "DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"PORTAL_ENV": "staging"}, "PORTAL_ENV"),
+    ],
+)
+def test_invalid_settings_are_named(environ: dict[str, str], named: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config(environ, str(tmp_path))
+
+
+def test_development_runs_without_a_secret_key(tmp_path: Path) -> None:
+    assert load_config({"PORTAL_ENV": "development"}, str(tmp_path))["SECRET_KEY"]
+
+
+def test_start_up_with_a_bad_setting_stops_with_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "PORTAL_ENV")}
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: SECRET_KEY is required in production "
+        "(set PORTAL_ENV=development to run locally)"
+    ]
+
+
+def test_sign_in_page_answers(app: Flask) -> None:
+    response = app.test_client().get("/login")
+    assert response.status_code == 200
+    assert b"Sign in" in response.data
+    assert app.test_client().get("/").headers["Location"].endswith("/login")
