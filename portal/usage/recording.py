@@ -14,6 +14,7 @@ never deadlock. The caller commits.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import uuid
 from collections.abc import Mapping
@@ -21,12 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import JSON, Integer, Uuid, bindparam, select, text
 from sqlalchemy.orm import Session
 
-from portal.models import MemberUsage, UsageEvent, UsageRecord
-from portal.periods import BillingPeriod, as_utc
+from portal.models import UsageEvent, UTCDateTime
+from portal.periods import as_utc
 from portal.plans import DEFAULT_EVENT_TYPE, EVENT_TYPES
 from portal.usage.status import UsageStatus, build_status, status_for
 from portal.usage.subjects import EffectivePlan, SubjectKind, resolve_effective_plan
@@ -163,25 +163,25 @@ def record_validated(
     period = effective.period_at(request.occurred_at)
     subject = effective.subject
     is_pool = subject.kind is SubjectKind.ORGANIZATION
+    connection = session.connection()
+    statements = _statements(connection.dialect.name)
     event_id = uuid.uuid4()
-    inserted = session.execute(
-        _insert(session, UsageEvent.__table__)
-        .values(
-            id=event_id,
-            user_id=effective.user_id,
-            organization_id=subject.id if is_pool else None,
-            plan_id=effective.plan.id,
-            event_type=request.event_type,
-            quantity=request.quantity,
-            idempotency_key=request.idempotency_key,
-            occurred_at=request.occurred_at,
-            recorded_at=now,
-            period_start=period.start,
-            period_end=period.end,
-            metadata=request.metadata,
-        )
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(UsageEvent.id)
+    inserted = connection.execute(
+        statements.insert_event,
+        {
+            "id": event_id,
+            "user_id": effective.user_id,
+            "organization_id": subject.id if is_pool else None,
+            "plan_id": effective.plan.id,
+            "event_type": request.event_type,
+            "quantity": request.quantity,
+            "idempotency_key": request.idempotency_key,
+            "occurred_at": request.occurred_at,
+            "recorded_at": now,
+            "period_start": period.start,
+            "period_end": period.end,
+            "metadata": request.metadata,
+        },
     ).scalar_one_or_none()
     if inserted is None:
         return _original_outcome(session, effective, request, now)
@@ -191,102 +191,148 @@ def record_validated(
             RecordResult.CREATED, event_id, status_for(session, effective, period, now)
         )
 
-    used = _increment_total(session, effective, period, request.quantity, now)
+    included = effective.included
+    capped = effective.plan.is_hard_capped
+    used = None
+    if not capped or request.quantity <= included:
+        used = connection.execute(
+            statements.add_to_total[(subject.kind, capped)],
+            {
+                "subject_id": subject.id,
+                "period_start": period.start,
+                "period_end": period.end,
+                "used": request.quantity,
+                "included": included,
+                "plan_id": effective.plan.id,
+                "updated_at": now,
+            },
+        ).scalar_one_or_none()
     if used is None:
         # The cap refused it: take back the event this transaction just wrote,
         # so nothing of the refused usage remains.
-        session.execute(delete(UsageEvent).where(UsageEvent.id == event_id))
+        connection.execute(statements.delete_event, {"event_id": event_id})
         status = status_for(session, effective, period, now)
         return RecordOutcome(RecordResult.LIMIT_REACHED, None, status)
-    member_used = (
-        _increment_member_share(session, effective, period, request, now) if is_pool else None
-    )
+    member_used = None
+    if is_pool:
+        member_used = connection.execute(
+            statements.add_to_member_share,
+            {
+                "organization_id": subject.id,
+                "period_start": period.start,
+                "user_id": effective.user_id,
+                "used": request.quantity,
+                "last_used_at": request.occurred_at,
+            },
+        ).scalar_one()
     return RecordOutcome(
         RecordResult.CREATED, event_id, build_status(effective, period, used, member_used, now)
     )
 
 
-def _insert(session: Session, table: Any) -> Any:
-    """The dialect's INSERT, which knows ``ON CONFLICT``."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"recording usage is not supported on {dialect}")
+@dataclass(frozen=True)
+class _Statements:
+    insert_event: Any
+    add_to_total: dict[tuple[SubjectKind, bool], Any]
+    """By (subject kind, hard-capped)."""
+    add_to_member_share: Any
+    delete_event: Any
 
 
-def _increment_total(
-    session: Session, effective: EffectivePlan, period: BillingPeriod, quantity: int, now: datetime
-) -> int | None:
-    """Add ``quantity`` to the subject's total for ``period``; ``None`` if the cap refuses."""
-    included = effective.included
-    capped = effective.plan.is_hard_capped
-    if capped and quantity > included:
-        return None
-    table: Table = UsageRecord.__table__  # type: ignore[assignment]
-    subject = effective.subject
-    subject_column = (
-        table.c.organization_id if subject.kind is SubjectKind.ORGANIZATION else table.c.user_id
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    """The recording statements for one SQL dialect, written once as SQL.
+
+    They run on every recorded event. SQLAlchemy does not cache compiled
+    ``ON CONFLICT`` constructs, so they are plain SQL with typed parameters;
+    PostgreSQL and SQLite share the syntax except for the two-argument
+    maximum (GREATEST and MAX).
+    """
+    if dialect not in ("postgresql", "sqlite"):
+        raise NotImplementedError(f"recording usage is not supported on {dialect}")
+    greatest = "GREATEST" if dialect == "postgresql" else "MAX"
+    when = UTCDateTime()
+
+    insert_event = (
+        text(
+            """
+        INSERT INTO usage_events (id, user_id, organization_id, plan_id, event_type, quantity,
+            idempotency_key, occurred_at, recorded_at, period_start, period_end, metadata)
+        VALUES (:id, :user_id, :organization_id, :plan_id, :event_type, :quantity,
+            :idempotency_key, :occurred_at, :recorded_at, :period_start, :period_end, :metadata)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id
+        """
+        )
+        .bindparams(
+            bindparam("id", type_=Uuid()),
+            bindparam("occurred_at", type_=when),
+            bindparam("recorded_at", type_=when),
+            bindparam("period_start", type_=when),
+            bindparam("period_end", type_=when),
+            bindparam("metadata", type_=JSON(none_as_null=True)),
+        )
+        .columns(id=Uuid())
     )
-    statement = _insert(session, table).values(
-        {
-            subject_column: subject.id,
-            table.c.period_start: period.start,
-            table.c.period_end: period.end,
-            table.c.used: quantity,
-            table.c.included: included,
-            table.c.plan_id: effective.plan.id,
-            table.c.updated_at: now,
-        }
+
+    add_to_total: dict[tuple[SubjectKind, bool], Any] = {}
+    for kind, column in (
+        (SubjectKind.USER, "user_id"),
+        (SubjectKind.ORGANIZATION, "organization_id"),
+    ):
+        for capped in (False, True):
+            # The hard cap lives in the statement itself, so the row lock that
+            # serializes concurrent increments also enforces it. The plan's
+            # current allowance wins: seats bought mid-period count at once.
+            guard = (
+                "WHERE usage_records.used + excluded.used <= excluded.included" if capped else ""
+            )
+            add_to_total[(kind, capped)] = (
+                text(
+                    f"""
+                INSERT INTO usage_records ({column}, period_start, period_end, used, included,
+                    plan_id, updated_at)
+                VALUES (:subject_id, :period_start, :period_end, :used, :included,
+                    :plan_id, :updated_at)
+                ON CONFLICT ({column}, period_start) WHERE {column} IS NOT NULL DO UPDATE SET
+                    used = usage_records.used + excluded.used,
+                    included = excluded.included,
+                    plan_id = excluded.plan_id,
+                    updated_at = excluded.updated_at
+                {guard}
+                RETURNING used
+                """
+                )
+                .bindparams(
+                    bindparam("period_start", type_=when),
+                    bindparam("period_end", type_=when),
+                    bindparam("updated_at", type_=when),
+                )
+                .columns(used=Integer())
+            )
+
+    add_to_member_share = (
+        text(
+            f"""
+        INSERT INTO member_usage (organization_id, period_start, user_id, used, last_used_at)
+        VALUES (:organization_id, :period_start, :user_id, :used, :last_used_at)
+        ON CONFLICT (organization_id, period_start, user_id) DO UPDATE SET
+            used = member_usage.used + excluded.used,
+            last_used_at = {greatest}(member_usage.last_used_at, excluded.last_used_at)
+        RETURNING used
+        """
+        )
+        .bindparams(
+            bindparam("period_start", type_=when),
+            bindparam("last_used_at", type_=when),
+        )
+        .columns(used=Integer())
     )
-    excluded = statement.excluded
-    statement = statement.on_conflict_do_update(
-        index_elements=[subject_column, table.c.period_start],
-        index_where=subject_column.isnot(None),
-        # The plan's current allowance wins: seats bought mid-period count at once.
-        set_={
-            "used": table.c.used + excluded.used,
-            "included": excluded.included,
-            "plan_id": excluded.plan_id,
-            "updated_at": excluded.updated_at,
-        },
-        where=(table.c.used + excluded.used <= excluded.included) if capped else None,
-    ).returning(table.c.used)
-    return session.execute(statement).scalar_one_or_none()
 
-
-def _increment_member_share(
-    session: Session,
-    effective: EffectivePlan,
-    period: BillingPeriod,
-    request: UsageRequest,
-    now: datetime,
-) -> int:
-    table: Table = MemberUsage.__table__  # type: ignore[assignment]
-    statement = _insert(session, table).values(
-        organization_id=effective.subject.id,
-        period_start=period.start,
-        user_id=effective.user_id,
-        used=request.quantity,
-        last_used_at=request.occurred_at,
+    delete_event = text("DELETE FROM usage_events WHERE id = :event_id").bindparams(
+        bindparam("event_id", type_=Uuid())
     )
-    excluded = statement.excluded
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c.organization_id, table.c.period_start, table.c.user_id],
-        set_={
-            "used": table.c.used + excluded.used,
-            "last_used_at": _later(session, table.c.last_used_at, excluded.last_used_at),
-        },
-    ).returning(table.c.used)
-    return int(session.execute(statement).scalar_one())
-
-
-def _later(session: Session, left: Any, right: Any) -> Any:
-    # PostgreSQL spells the two-argument maximum GREATEST, SQLite MAX.
-    if session.get_bind().dialect.name == "postgresql":
-        return func.greatest(left, right)
-    return func.max(left, right)
+    return _Statements(insert_event, add_to_total, add_to_member_share, delete_event)
 
 
 def _original_outcome(

@@ -16,11 +16,13 @@ Rule, in order, for a user at a moment:
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Select, and_, bindparam, func, select
+from sqlalchemy.orm import Session
 
 from portal.models import (
     LIVE_SUBSCRIPTION_STATUSES,
@@ -81,54 +83,64 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
+@functools.cache
+def _effective_plan_query(by_email: bool) -> Select[Any]:
+    """The resolution query, built once: this runs on every recorded event."""
+    users = User.__table__
+    subscriptions = UserSubscription.__table__
+    memberships = Membership.__table__
+    organizations = Organization.__table__
+    member_orgs = organizations.alias("member_orgs")
+    first_live_membership = (
+        select(func.min(memberships.c.id))
+        .join(member_orgs, member_orgs.c.id == memberships.c.organization_id)
+        .where(
+            memberships.c.user_id == users.c.id,
+            member_orgs.c.subscription_status.in_(LIVE_SUBSCRIPTION_STATUSES),
+        )
+        .scalar_subquery()
+    )
+    chosen = memberships.alias("chosen_membership")
+    query = (
+        select(
+            users.c.id,
+            users.c.email,
+            users.c.display_name,
+            subscriptions.c.plan_id,
+            subscriptions.c.billing_anchor,
+            subscriptions.c.stripe_customer_id,
+            organizations.c.id,
+            organizations.c.slug,
+            organizations.c.plan_id,
+            organizations.c.seats,
+            organizations.c.billing_anchor,
+            organizations.c.stripe_customer_id,
+        )
+        .select_from(users)
+        .outerjoin(
+            subscriptions,
+            and_(
+                subscriptions.c.user_id == users.c.id,
+                subscriptions.c.status.in_(LIVE_SUBSCRIPTION_STATUSES),
+                subscriptions.c.plan_id != FREE.id,
+            ),
+        )
+        .outerjoin(chosen, chosen.c.id == first_live_membership)
+        .outerjoin(organizations, organizations.c.id == chosen.c.organization_id)
+    )
+    key = users.c.email if by_email else users.c.id
+    return query.where(key == bindparam("user_key"))
+
+
 def resolve_effective_plan(session: Session, user: int | str) -> EffectivePlan:
     """The effective plan of a user given by id or by email, in one query.
 
     Raises ``UnknownUser`` when there is no such user.
     """
-    first_live_membership = (
-        select(func.min(Membership.id))
-        .join(Organization, Organization.id == Membership.organization_id)
-        .where(
-            Membership.user_id == User.id,
-            Organization.subscription_status.in_(LIVE_SUBSCRIPTION_STATUSES),
-        )
-        .scalar_subquery()
-    )
-    live_subscription = aliased(UserSubscription)
-    member = aliased(Membership)
-    org = aliased(Organization)
-    query = (
-        select(
-            User.id,
-            User.email,
-            User.display_name,
-            live_subscription.plan_id,
-            live_subscription.billing_anchor,
-            live_subscription.stripe_customer_id,
-            org.id,
-            org.slug,
-            org.plan_id,
-            org.seats,
-            org.billing_anchor,
-            org.stripe_customer_id,
-        )
-        .outerjoin(
-            live_subscription,
-            and_(
-                live_subscription.user_id == User.id,
-                live_subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES),
-                live_subscription.plan_id != FREE.id,
-            ),
-        )
-        .outerjoin(member, member.id == first_live_membership)
-        .outerjoin(org, org.id == member.organization_id)
-    )
-    if isinstance(user, int):
-        query = query.where(User.id == user)
-    else:
-        query = query.where(User.email == normalize_email(user))
-    row = session.execute(query).one_or_none()
+    by_email = isinstance(user, str)
+    key = normalize_email(user) if isinstance(user, str) else user
+    query = _effective_plan_query(by_email)
+    row = session.connection().execute(query, {"user_key": key}).one_or_none()
     if row is None:
         raise UnknownUser(f"no user {user!r}")
     (
