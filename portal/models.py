@@ -241,3 +241,18 @@ class MemberUsage(db.Model):  # type: ignore[name-defined,misc]
     )
     used: Mapped[int] = mapped_column(Integer)
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiKey(db.Model):  # type: ignore[name-defined,misc]
+    """A service key for the usage API. Only a SHA-256 hash of the key is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The key's first characters, to recognise it in listings and logs."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -164,7 +164,7 @@ def record_validated(
     subject = effective.subject
     is_pool = subject.kind is SubjectKind.ORGANIZATION
     connection = session.connection()
-    statements = _statements(connection.dialect.name)
+    statements = recording_statements(connection.dialect.name)
     event_id = uuid.uuid4()
     inserted = connection.execute(
         statements.insert_event,
@@ -210,7 +210,7 @@ def record_validated(
     if used is None:
         # The cap refused it: take back the event this transaction just wrote,
         # so nothing of the refused usage remains.
-        connection.execute(statements.delete_event, {"event_id": event_id})
+        connection.execute(statements.delete_event, {"event_ids": [event_id]})
         status = status_for(session, effective, period, now)
         return RecordOutcome(RecordResult.LIMIT_REACHED, None, status)
     member_used = None
@@ -231,16 +231,50 @@ def record_validated(
 
 
 @dataclass(frozen=True)
-class _Statements:
+class RecordingStatements:
+    """The SQL that records usage, for one dialect. Shared by single and batch recording."""
+
     insert_event: Any
     add_to_total: dict[tuple[SubjectKind, bool], Any]
-    """By (subject kind, hard-capped)."""
+    """By (subject kind, hard-capped); returns the new total, or nothing if the cap refuses."""
+    add_to_totals: dict[SubjectKind, Any]
+    """Uncapped increments without a result, for ``executemany``."""
+    lock_total: dict[SubjectKind, Any]
+    """Create or lock the subject's total for the period and return it (batches on capped plans)."""
     add_to_member_share: Any
+    add_to_member_shares: Any
+    """Member increments without a result, for ``executemany``."""
     delete_event: Any
 
 
+def _total_sql(column: str, *, increment: str, guard: str, returning: bool) -> str:
+    return f"""
+        INSERT INTO usage_records ({column}, period_start, period_end, used, included,
+            plan_id, updated_at)
+        VALUES (:subject_id, :period_start, :period_end, :used, :included, :plan_id, :updated_at)
+        ON CONFLICT ({column}, period_start) WHERE {column} IS NOT NULL DO UPDATE SET
+            used = {increment},
+            included = excluded.included,
+            plan_id = excluded.plan_id,
+            updated_at = excluded.updated_at
+        {guard}
+        {"RETURNING used" if returning else ""}
+        """
+
+
+def _member_share_sql(greatest: str, *, returning: bool) -> str:
+    return f"""
+        INSERT INTO member_usage (organization_id, period_start, user_id, used, last_used_at)
+        VALUES (:organization_id, :period_start, :user_id, :used, :last_used_at)
+        ON CONFLICT (organization_id, period_start, user_id) DO UPDATE SET
+            used = member_usage.used + excluded.used,
+            last_used_at = {greatest}(member_usage.last_used_at, excluded.last_used_at)
+        {"RETURNING used" if returning else ""}
+        """
+
+
 @functools.cache
-def _statements(dialect: str) -> _Statements:
+def recording_statements(dialect: str) -> RecordingStatements:
     """The recording statements for one SQL dialect, written once as SQL.
 
     They run on every recorded event. SQLAlchemy does not cache compiled
@@ -253,86 +287,76 @@ def _statements(dialect: str) -> _Statements:
     greatest = "GREATEST" if dialect == "postgresql" else "MAX"
     when = UTCDateTime()
 
+    def timed(sql: str, *names: str) -> Any:
+        return text(sql).bindparams(*(bindparam(name, type_=when) for name in names))
+
     insert_event = (
-        text(
+        timed(
             """
-        INSERT INTO usage_events (id, user_id, organization_id, plan_id, event_type, quantity,
-            idempotency_key, occurred_at, recorded_at, period_start, period_end, metadata)
-        VALUES (:id, :user_id, :organization_id, :plan_id, :event_type, :quantity,
-            :idempotency_key, :occurred_at, :recorded_at, :period_start, :period_end, :metadata)
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING id
-        """
+            INSERT INTO usage_events (id, user_id, organization_id, plan_id, event_type,
+                quantity, idempotency_key, occurred_at, recorded_at, period_start, period_end,
+                metadata)
+            VALUES (:id, :user_id, :organization_id, :plan_id, :event_type,
+                :quantity, :idempotency_key, :occurred_at, :recorded_at, :period_start,
+                :period_end, :metadata)
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id
+            """,
+            "occurred_at",
+            "recorded_at",
+            "period_start",
+            "period_end",
         )
         .bindparams(
-            bindparam("id", type_=Uuid()),
-            bindparam("occurred_at", type_=when),
-            bindparam("recorded_at", type_=when),
-            bindparam("period_start", type_=when),
-            bindparam("period_end", type_=when),
-            bindparam("metadata", type_=JSON(none_as_null=True)),
+            bindparam("id", type_=Uuid()), bindparam("metadata", type_=JSON(none_as_null=True))
         )
         .columns(id=Uuid())
     )
 
-    add_to_total: dict[tuple[SubjectKind, bool], Any] = {}
-    for kind, column in (
-        (SubjectKind.USER, "user_id"),
-        (SubjectKind.ORGANIZATION, "organization_id"),
-    ):
-        for capped in (False, True):
-            # The hard cap lives in the statement itself, so the row lock that
-            # serializes concurrent increments also enforces it. The plan's
-            # current allowance wins: seats bought mid-period count at once.
-            guard = (
-                "WHERE usage_records.used + excluded.used <= excluded.included" if capped else ""
-            )
-            add_to_total[(kind, capped)] = (
-                text(
-                    f"""
-                INSERT INTO usage_records ({column}, period_start, period_end, used, included,
-                    plan_id, updated_at)
-                VALUES (:subject_id, :period_start, :period_end, :used, :included,
-                    :plan_id, :updated_at)
-                ON CONFLICT ({column}, period_start) WHERE {column} IS NOT NULL DO UPDATE SET
-                    used = usage_records.used + excluded.used,
-                    included = excluded.included,
-                    plan_id = excluded.plan_id,
-                    updated_at = excluded.updated_at
-                {guard}
-                RETURNING used
-                """
-                )
-                .bindparams(
-                    bindparam("period_start", type_=when),
-                    bindparam("period_end", type_=when),
-                    bindparam("updated_at", type_=when),
-                )
-                .columns(used=Integer())
-            )
-
-    add_to_member_share = (
-        text(
-            f"""
-        INSERT INTO member_usage (organization_id, period_start, user_id, used, last_used_at)
-        VALUES (:organization_id, :period_start, :user_id, :used, :last_used_at)
-        ON CONFLICT (organization_id, period_start, user_id) DO UPDATE SET
-            used = member_usage.used + excluded.used,
-            last_used_at = {greatest}(member_usage.last_used_at, excluded.last_used_at)
-        RETURNING used
-        """
-        )
-        .bindparams(
-            bindparam("period_start", type_=when),
-            bindparam("last_used_at", type_=when),
-        )
-        .columns(used=Integer())
+    subject_columns = {SubjectKind.USER: "user_id", SubjectKind.ORGANIZATION: "organization_id"}
+    period_times = ("period_start", "period_end", "updated_at")
+    add = "usage_records.used + excluded.used"
+    # The hard cap lives in the statement itself, so the row lock that
+    # serializes concurrent increments also enforces it. The plan's current
+    # allowance wins: seats bought mid-period count at once.
+    cap = "WHERE usage_records.used + excluded.used <= excluded.included"
+    add_to_total = {
+        (kind, capped): timed(
+            _total_sql(column, increment=add, guard=cap if capped else "", returning=True),
+            *period_times,
+        ).columns(used=Integer())
+        for kind, column in subject_columns.items()
+        for capped in (False, True)
+    }
+    add_to_totals = {
+        kind: timed(_total_sql(column, increment=add, guard="", returning=False), *period_times)
+        for kind, column in subject_columns.items()
+    }
+    lock_total = {
+        kind: timed(
+            _total_sql(column, increment="usage_records.used", guard="", returning=True),
+            *period_times,
+        ).columns(used=Integer())
+        for kind, column in subject_columns.items()
+    }
+    add_to_member_share = timed(
+        _member_share_sql(greatest, returning=True), "period_start", "last_used_at"
+    ).columns(used=Integer())
+    add_to_member_shares = timed(
+        _member_share_sql(greatest, returning=False), "period_start", "last_used_at"
     )
-
-    delete_event = text("DELETE FROM usage_events WHERE id = :event_id").bindparams(
-        bindparam("event_id", type_=Uuid())
+    delete_event = text("DELETE FROM usage_events WHERE id IN :event_ids").bindparams(
+        bindparam("event_ids", type_=Uuid(), expanding=True)
     )
-    return _Statements(insert_event, add_to_total, add_to_member_share, delete_event)
+    return RecordingStatements(
+        insert_event,
+        add_to_total,
+        add_to_totals,
+        lock_total,
+        add_to_member_share,
+        add_to_member_shares,
+        delete_event,
+    )
 
 
 def _original_outcome(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -84,7 +85,7 @@ def normalize_email(email: str) -> str:
 
 
 @functools.cache
-def _effective_plan_query(by_email: bool) -> Select[Any]:
+def _effective_plan_query(lookup: str) -> Select[Any]:
     """The resolution query, built once: this runs on every recorded event."""
     users = User.__table__
     subscriptions = UserSubscription.__table__
@@ -128,7 +129,9 @@ def _effective_plan_query(by_email: bool) -> Select[Any]:
         .outerjoin(chosen, chosen.c.id == first_live_membership)
         .outerjoin(organizations, organizations.c.id == chosen.c.organization_id)
     )
-    key = users.c.email if by_email else users.c.id
+    if lookup == "emails":
+        return query.where(users.c.email.in_(bindparam("user_keys", expanding=True)))
+    key = users.c.email if lookup == "email" else users.c.id
     return query.where(key == bindparam("user_key"))
 
 
@@ -137,12 +140,27 @@ def resolve_effective_plan(session: Session, user: int | str) -> EffectivePlan:
 
     Raises ``UnknownUser`` when there is no such user.
     """
-    by_email = isinstance(user, str)
-    key = normalize_email(user) if isinstance(user, str) else user
-    query = _effective_plan_query(by_email)
+    key: int | str
+    if isinstance(user, str):
+        query, key = _effective_plan_query("email"), normalize_email(user)
+    else:
+        query, key = _effective_plan_query("id"), user
     row = session.connection().execute(query, {"user_key": key}).one_or_none()
     if row is None:
         raise UnknownUser(f"no user {user!r}")
+    return _effective_plan(row)
+
+
+def resolve_effective_plans(session: Session, emails: Iterable[str]) -> dict[str, EffectivePlan]:
+    """Effective plans by normalized email, in one query; unknown emails are absent."""
+    keys = sorted({normalize_email(email) for email in emails})
+    if not keys:
+        return {}
+    rows = session.connection().execute(_effective_plan_query("emails"), {"user_keys": keys})
+    return {plan.email: plan for plan in map(_effective_plan, rows)}
+
+
+def _effective_plan(row: Any) -> EffectivePlan:
     (
         user_id,
         email,
