@@ -11,7 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from portal.config import ConfigError, engine_options, environ_config, normalize_database_url
-from portal.extensions import db, migrate
+from portal.extensions import db, limiter, migrate
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -38,10 +38,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
 
-    from portal import cli, views
+    limiter.init_app(app)
+
+    from portal import api, cli, views
 
     cli.init_app(app)
     views.init_app(app)
+    api.init_app(app)
     return app
 
 

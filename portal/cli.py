@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.accounts import AccountError, create_organization, create_user
+from portal.apikeys import ApiKeyError, create_api_key, list_api_keys, revoke_api_key
 from portal.extensions import db
 from portal.models import Organization
 from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
@@ -115,6 +116,60 @@ def seed_demo_command() -> None:
             click.echo(f"  {email:<28} {what}")
 
 
+@click.command("create-api-key")
+@click.option("--name", required=True, help="Who uses the key, e.g. slack-backend.")
+def create_api_key_command(name: str) -> None:
+    """Create a service key for the usage API; the key is shown once, on the last line."""
+    try:
+        info, key = create_api_key(_session(), name, _now())
+    except ApiKeyError as error:
+        db.session.rollback()
+        raise click.UsageError(str(error)) from error
+    db.session.commit()
+    click.echo(f"Created API key {info.name!r}. Store it now: it cannot be shown again.")
+    click.echo(key)
+
+
+@click.command("revoke-api-key")
+@click.argument("name")
+def revoke_api_key_command(name: str) -> None:
+    """Revoke the API key called NAME; requests with it get 401 at once."""
+    try:
+        info = revoke_api_key(_session(), name, _now())
+    except ApiKeyError as error:
+        db.session.rollback()
+        raise click.UsageError(str(error)) from error
+    db.session.commit()
+    assert info.revoked_at is not None
+    click.echo(f"Revoked API key {info.name!r} ({info.revoked_at:%Y-%m-%d %H:%M} UTC).")
+
+
+@click.command("list-api-keys")
+def list_api_keys_command() -> None:
+    """List API keys: name, prefix, created, last used, revoked."""
+    keys = list_api_keys(_session())
+    if not keys:
+        click.echo("No API keys. Create one with: flask create-api-key --name NAME")
+        return
+
+    def when(moment: datetime | None) -> str:
+        return f"{moment:%Y-%m-%d %H:%M}" if moment else "-"
+
+    click.echo(f"{'name':<24} {'key':<12} {'created':<16} {'last used':<16} revoked")
+    for k in keys:
+        click.echo(
+            f"{k.name:<24} {k.prefix + '…':<12} {when(k.created_at):<16} "
+            f"{when(k.last_used_at):<16} {when(k.revoked_at)}"
+        )
+
+
 def init_app(app: Flask) -> None:
-    for command in (create_org_command, create_user_command, seed_demo_command):
+    for command in (
+        create_org_command,
+        create_user_command,
+        seed_demo_command,
+        create_api_key_command,
+        revoke_api_key_command,
+        list_api_keys_command,
+    ):
         app.cli.add_command(command)

@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from limits import parse_many
+
 ENVIRONMENTS = ("production", "development", "test")
+DEFAULT_API_RATE_LIMIT = "6000 per minute"
 DEVELOPMENT_SECRET_KEY = "dev-only-insecure-secret-key"  # noqa: S105 - never used in production
 
 
@@ -60,8 +63,24 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"PORT must be a whole number from 1 to 65535, got {port_text!r}")
 
+    storage = environ.get("RATE_LIMIT_STORAGE_URL", "memory://").strip() or "memory://"
+    if not storage.startswith(("memory://", "redis://", "rediss://")):
+        raise ConfigError(
+            "RATE_LIMIT_STORAGE_URL must be memory:// or a redis:// URL, "
+            f"got {storage.split(':')[0]!r}"
+        )
+    api_rate_limit = environ.get("API_RATE_LIMIT", DEFAULT_API_RATE_LIMIT).strip()
+    try:
+        parse_many(api_rate_limit)
+    except ValueError:
+        raise ConfigError(
+            f"API_RATE_LIMIT must look like '6000 per minute', got {api_rate_limit!r}"
+        ) from None
+
     return {
         "PORTAL_ENV": env,
+        "RATELIMIT_STORAGE_URI": storage,
+        "API_RATE_LIMIT": api_rate_limit,
         "TESTING": env == "test",
         "SECRET_KEY": secret_key,
         "PORT": int(port_text),

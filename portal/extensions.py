@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
@@ -24,3 +26,7 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate(render_as_batch=True)
+
+# Rate limits (sign-in attempts, API keys). Storage comes from
+# RATELIMIT_STORAGE_URI: in memory by default, Redis when configured.
+limiter = Limiter(key_func=get_remote_address, headers_enabled=True)

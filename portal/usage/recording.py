@@ -96,6 +96,8 @@ def validate_usage_request(
         errors["idempotency_key"] = "is required and must be a non-empty string"
     elif len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         errors["idempotency_key"] = f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+    elif not idempotency_key.isprintable():
+        errors["idempotency_key"] = "must contain only printable characters"
     if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         errors["event_type"] = f"must be one of {', '.join(EVENT_TYPES)}"
     if isinstance(quantity, bool) or not isinstance(quantity, int):
@@ -115,8 +117,10 @@ def validate_usage_request(
     if metadata is not None:
         if not isinstance(metadata, dict):
             errors["metadata"] = "must be an object"
-        elif len(json.dumps(metadata, default=str)) > MAX_METADATA_BYTES:
+        elif len(encoded := json.dumps(metadata, default=str)) > MAX_METADATA_BYTES:
             errors["metadata"] = f"must be at most {MAX_METADATA_BYTES} bytes as JSON"
+        elif "\\u0000" in encoded:
+            errors["metadata"] = "must not contain NUL characters"
     if errors:
         raise InvalidUsage(errors)
     assert isinstance(idempotency_key, str) and isinstance(event_type, str)

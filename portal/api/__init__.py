@@ -1,0 +1,185 @@
+"""The usage API for the assistant's backends: ``/api/v1``.
+
+Every endpoint but the OpenAPI document needs ``Authorization: Bearer <key>``
+with a key from ``flask create-api-key``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+
+from portal.api.errors import ApiError, register_error_handlers
+from portal.api.openapi import openapi_document
+from portal.api.parsing import is_plausible_email, parse_usage_event, read_json_object
+from portal.apikeys import authenticate
+from portal.extensions import db, limiter
+from portal.usage import (
+    IdempotencyKeyReused,
+    InvalidUsage,
+    RecordResult,
+    UnknownUser,
+    check_usage,
+)
+from portal.usage.batch import (
+    MAX_BATCH_SIZE,
+    BatchItem,
+    BatchItemResult,
+    BatchResult,
+    record_usage_batch,
+)
+from portal.usage.recording import record_validated
+from portal.usage.subjects import resolve_effective_plan
+
+blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
+
+EVENT_BODY_LIMIT = 64 * 1024
+BATCH_BODY_LIMIT = 4 * 1024 * 1024
+"""Room for 1,000 events each carrying the largest metadata allowed."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _rate_limit_bucket() -> str:
+    # The limiter runs before authentication, so it buckets by the presented
+    # credential itself (hashed); requests without one share their address's.
+    header = request.headers.get("Authorization", "")
+    if header:
+        return "key:" + hashlib.sha256(header.encode()).hexdigest()[:32]
+    return "addr:" + (request.remote_addr or "unknown")
+
+
+def _api_rate_limit() -> str:
+    return str(current_app.config["API_RATE_LIMIT"])
+
+
+@blueprint.before_request
+def require_api_key() -> None:
+    """Refuse requests without a live API key before anything else happens."""
+    if request.endpoint == "api.openapi":
+        return
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    info = authenticate(db.session(), key.strip(), _now()) if scheme.lower() == "bearer" else None
+    if info is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "Send a valid API key as 'Authorization: Bearer <key>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="usage-api"'},
+        )
+    db.session.commit()  # keeps last_used_at, when it changed
+    g.api_key = info
+    request.max_content_length = (
+        BATCH_BODY_LIMIT if request.endpoint == "api.record_usage_events" else EVENT_BODY_LIMIT
+    )
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of this API."""
+    return jsonify(openapi_document())
+
+
+@blueprint.get("/users/<email>/usage")
+def get_usage(email: str) -> Response:
+    """Where the user stands now: may they have another suggestion?"""
+    if not is_plausible_email(email):
+        raise ApiError(404, "user_not_found", "No user has this email address.")
+    try:
+        status = check_usage(db.session(), email, _now())
+    except UnknownUser:
+        raise ApiError(404, "user_not_found", "No user has this email address.") from None
+    return jsonify(status.as_dict())
+
+
+@blueprint.post("/usage-events")
+def record_usage_event() -> tuple[Response, int]:
+    """Record one usage event, exactly once per idempotency key."""
+    now = _now()
+    body = read_json_object(request)
+    try:
+        email, usage = parse_usage_event(body, now)
+    except InvalidUsage as invalid:
+        raise _validation_error(invalid.errors) from None
+    session = db.session()
+    try:
+        effective = resolve_effective_plan(session, email)
+        outcome = record_validated(session, effective, usage, now)
+    except UnknownUser:
+        raise ApiError(404, "user_not_found", "No user has this email address.") from None
+    except IdempotencyKeyReused as reused:
+        raise ApiError(
+            409, "idempotency_key_reused", str(reused), {"idempotency_key": "used before"}
+        ) from None
+    session.commit()
+    status = outcome.status
+    if outcome.result is RecordResult.LIMIT_REACHED:
+        raise ApiError(
+            402,
+            "limit_reached",
+            f"The {status.plan.name} plan's {status.included} suggestions for this period are "
+            f"used up; it resets on {status.period.end.date().isoformat()}. Nothing was recorded.",
+        )
+    body_out = {"event_id": str(outcome.event_id), "usage": status.as_dict()}
+    if outcome.result is RecordResult.DUPLICATE:
+        return jsonify({**body_out, "duplicate": True}), 200
+    return jsonify({**body_out, "duplicate": False}), 201
+
+
+@blueprint.post("/usage-events/batch")
+def record_usage_events() -> Response:
+    """Record up to 1,000 events in one round trip; one result per event, in order."""
+    now = _now()
+    body = read_json_object(request)
+    unknown = {name: "unknown field" for name in body if name != "events"}
+    events = body.get("events")
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH_SIZE:
+        unknown["events"] = f"must be a list of 1 to {MAX_BATCH_SIZE} events"
+    if unknown:
+        raise _validation_error(unknown)
+    assert isinstance(events, list)
+
+    results: list[BatchItemResult | None] = [None] * len(events)
+    valid: list[tuple[int, BatchItem]] = []
+    for index, raw in enumerate(events):
+        try:
+            email, usage = parse_usage_event(raw, now)
+        except InvalidUsage as invalid:
+            results[index] = BatchItemResult.invalid(invalid.errors)
+        else:
+            valid.append((index, BatchItem(email, usage)))
+    session = db.session()
+    recorded = record_usage_batch(session, [item for _, item in valid], now)
+    session.commit()
+    for (index, _), result in zip(valid, recorded, strict=True):
+        results[index] = result
+
+    out: list[dict[str, Any]] = []
+    for index, settled in enumerate(results):
+        assert settled is not None
+        result = settled
+        entry: dict[str, Any] = {"index": index, "status": str(result.result)}
+        if result.event_id is not None:
+            entry["event_id"] = str(result.event_id)
+        if result.errors:
+            entry["errors"] = result.errors
+        out.append(entry)
+    summary = Counter(str(r["status"]) for r in out)
+    return jsonify({"results": out, "summary": {s.value: summary[s.value] for s in BatchResult}})
+
+
+def _validation_error(fields: dict[str, str]) -> ApiError:
+    listed = ", ".join(sorted(fields))
+    return ApiError(422, "validation_failed", f"Some fields are invalid: {listed}.", fields)
+
+
+def init_app(app: Flask) -> None:
+    limiter.limit(_api_rate_limit, key_func=_rate_limit_bucket)(blueprint)
+    app.register_blueprint(blueprint)
+    register_error_handlers(app)
