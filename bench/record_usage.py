@@ -234,6 +234,25 @@ def _drop_database(admin: Engine, name: str) -> None:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def other_activity(admin: Engine) -> int:
+    """Busy client sessions on the server outside this benchmark's databases.
+
+    Anything else running skews the figures; the report says so.
+    """
+    with admin.connect() as conn:
+        busy = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND state <> 'idle' AND pid <> pg_backend_pid() "
+                "AND datname NOT IN (:bench, :pgbench)"
+            ),
+            {"bench": BENCH_DATABASE, "pgbench": PGBENCH_DATABASE},
+        ).scalar_one()
+    if busy:
+        _log(f"warning: {busy} other busy session(s) on the server; figures will be skewed")
+    return int(busy)
+
+
 # -- pgbench ----------------------------------------------------------------
 
 
@@ -500,7 +519,12 @@ def _verdict(ratio: float, target: float) -> str:
 
 
 def render(
-    settings: Settings, pgbench: PgbenchResult, distinct: ModeResult, hot: ModeResult
+    settings: Settings,
+    pgbench: PgbenchResult,
+    distinct: ModeResult,
+    hot: ModeResult,
+    load_average: float,
+    busy_sessions: Sequence[int],
 ) -> str:
     baseline = pgbench.tps
     average = (
@@ -525,15 +549,16 @@ def render(
     table = "\n".join(rows)
     cores = len(os.sched_getaffinity(0))
     cpu_cap = cores / distinct.cpu_ms_per_call * 1000 if distinct.cpu_ms_per_call > 0 else math.nan
+    busy = ", ".join(str(count) for count in busy_sessions)
     return f"""## `record_usage` throughput on PostgreSQL
 
 {WORKERS} worker processes each loop `record_usage(session, user, idempotency_key=…,
 now=datetime.now(UTC))` + `session.commit()` on a connection of their own (plain
-SQLAlchemy, no Flask), for {settings.seconds} s after a {settings.warmup} s warm-up.
-The baseline is `pgbench -N` (simple-update: one UPDATE, one SELECT, one INSERT per
-transaction) with as many clients, on a scale-{PGBENCH_SCALE} scratch database of the same
-server, in the same run. The three runs take turns (pgbench, distinct users, hot user),
-so they never share the CPU.
+SQLAlchemy, no Flask), for {settings.seconds} s after a {settings.warmup} s warm-up. The
+baseline is `pgbench -N` (simple-update: one UPDATE, one SELECT and one INSERT per
+transaction) with as many clients, on a scale-{PGBENCH_SCALE} scratch database of the
+same server, in the same run. The three runs take turns (pgbench, distinct users, hot
+user), so they never share the CPU.
 
 - **Distinct users:** each worker records for its own {USERS_PER_WORKER} users on the
   {PLAN} plan (no cap), so no two workers touch the same running total.
@@ -542,16 +567,18 @@ so they never share the CPU.
 
 {table}
 
-Calls/s counts the calls that completed inside the measured window; latency is one
-`record_usage` call plus its commit, as the worker sees it. Client CPU/call is the
-worker process's own CPU time (Python, SQLAlchemy, psycopg) per call: on the
-{cores} CPUs of this machine, shared with the server, it alone caps throughput at about
-{cpu_cap:,.0f} calls/s with distinct users.
-
-Every call made (warm-up included: {distinct.calls:,} with distinct users,
-{hot.calls:,} for the hot user) was checked afterwards to be counted exactly once:
-`sum(usage_records.used)` and the number of `usage_events` rows equal the calls made,
-in one billing period per user.
+- Calls/s counts the calls that completed inside the measured window; latency is one
+  `record_usage` call plus its commit, as the worker sees it.
+- Client CPU/call is the worker process's own CPU time (Python, SQLAlchemy, psycopg)
+  per call. On the {cores} CPUs of this machine, which the server shares, it alone caps
+  throughput at about {cpu_cap:,.0f} calls/s with distinct users.
+- Conditions: load average {load_average:.2f} (1 min) when the run started; busy
+  sessions of other clients on the server as pgbench, distinct users and hot user
+  started: {busy}. Anything but 0 means other work shared the server.
+- Exact counting, checked after the run: every call made ({distinct.calls:,} with
+  distinct users, {hot.calls:,} for the hot user, warm-up included) is one
+  `usage_events` row and one unit of `sum(usage_records.used)`, in one billing period
+  per user.
 """
 
 
@@ -578,11 +605,14 @@ def run() -> str:
         _log(f"migrating {BENCH_DATABASE} and creating users")
         distinct_users, hot_user = prepare_portal_database(portal_url)
 
+        load_average = os.getloadavg()[0]
+        busy_sessions = [other_activity(admin)]
         if settings.warmup:
             _log(f"pgbench warm-up ({settings.warmup} s)")
             run_pgbench(settings, settings.warmup)
         _log(f"pgbench ({settings.seconds} s)")
         pgbench = run_pgbench(settings, settings.seconds)
+        busy_sessions.append(other_activity(admin))
         _log(f"record_usage, distinct users ({settings.warmup} + {settings.seconds} s)")
         distinct = run_mode(
             settings,
@@ -591,6 +621,7 @@ def run() -> str:
             portal_url,
             distinct_users,
         )
+        busy_sessions.append(other_activity(admin))
         _log(f"record_usage, one hot user ({settings.warmup} + {settings.seconds} s)")
         hot = run_mode(
             settings,
@@ -618,7 +649,7 @@ def run() -> str:
             except OperationalError as error:
                 _log(f"could not drop database {name}: {error.orig}")
         admin.dispose()
-    return render(settings, pgbench, distinct, hot)
+    return render(settings, pgbench, distinct, hot, load_average, busy_sessions)
 
 
 def _log(message: str) -> None:

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from psycopg.types.json import Json
 from sqlalchemy import JSON, Integer, Uuid, bindparam, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from portal.models import UsageEvent, UTCDateTime
@@ -166,72 +168,189 @@ def record_validated(
     """``record_usage`` for input already validated and a user already resolved."""
     period = effective.period_at(request.occurred_at)
     subject = effective.subject
-    is_pool = subject.kind is SubjectKind.ORGANIZATION
-    connection = session.connection()
-    statements = recording_statements(connection.dialect.name)
+    pooled = subject.kind is SubjectKind.ORGANIZATION
+    counts = EVENT_TYPES[request.event_type]
     event_id = uuid.uuid4()
-    inserted = connection.execute(
-        statements.insert_event,
-        {
-            "id": event_id,
-            "user_id": effective.user_id,
-            "organization_id": subject.id if is_pool else None,
-            "plan_id": effective.plan.id,
-            "event_type": request.event_type,
-            "quantity": request.quantity,
-            "idempotency_key": request.idempotency_key,
-            "occurred_at": request.occurred_at,
-            "recorded_at": now,
-            "period_start": period.start,
-            "period_end": period.end,
-            "metadata": request.metadata,
-        },
-    ).scalar_one_or_none()
-    if inserted is None:
+    values = {
+        "id": event_id,
+        "user_id": effective.user_id,
+        "organization_id": subject.id if pooled else None,
+        "subject_id": subject.id,
+        "plan_id": effective.plan.id,
+        "event_type": request.event_type,
+        "quantity": request.quantity,
+        "included": effective.included,
+        "idempotency_key": request.idempotency_key,
+        "occurred_at": request.occurred_at,
+        "recorded_at": now,
+        "period_start": period.start,
+        "period_end": period.end,
+        "metadata": request.metadata,
+    }
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        written = _write_in_one_statement(connection, effective, counts, values)
+    else:
+        written = _write_step_by_step(connection, effective, counts, values)
+
+    if not written.inserted:
         return _original_outcome(session, effective, request, now)
-
-    if not EVENT_TYPES[request.event_type]:
-        return RecordOutcome(
-            RecordResult.CREATED, event_id, status_for(session, effective, period, now)
-        )
-
-    included = effective.included
-    capped = effective.plan.is_hard_capped
-    used = None
-    if not capped or request.quantity <= included:
-        used = connection.execute(
-            statements.add_to_total[(subject.kind, capped)],
-            {
-                "subject_id": subject.id,
-                "period_start": period.start,
-                "period_end": period.end,
-                "used": request.quantity,
-                "included": included,
-                "plan_id": effective.plan.id,
-                "updated_at": now,
-            },
-        ).scalar_one_or_none()
-    if used is None:
+    if not counts:
+        status = status_for(session, effective, period, now)
+        return RecordOutcome(RecordResult.CREATED, event_id, status)
+    if written.used is None:
         # The cap refused it: take back the event this transaction just wrote,
         # so nothing of the refused usage remains.
+        statements = recording_statements(connection.dialect.name)
         connection.execute(statements.delete_event, {"event_ids": [event_id]})
         status = status_for(session, effective, period, now)
         return RecordOutcome(RecordResult.LIMIT_REACHED, None, status)
-    member_used = None
-    if is_pool:
-        member_used = connection.execute(
-            statements.add_to_member_share,
-            {
-                "organization_id": subject.id,
-                "period_start": period.start,
-                "user_id": effective.user_id,
-                "used": request.quantity,
-                "last_used_at": request.occurred_at,
-            },
-        ).scalar_one()
-    return RecordOutcome(
-        RecordResult.CREATED, event_id, build_status(effective, period, used, member_used, now)
-    )
+    status = build_status(effective, period, written.used, written.member_used, now)
+    return RecordOutcome(RecordResult.CREATED, event_id, status)
+
+
+@dataclass(frozen=True)
+class _Written:
+    inserted: bool
+    """False when the idempotency key was already recorded: nothing was written."""
+    used: int | None
+    """The subject's new total; ``None`` when not counted or refused by the cap."""
+    member_used: int | None
+
+
+def _write_step_by_step(
+    connection: Connection, effective: EffectivePlan, counts: bool, values: dict[str, Any]
+) -> _Written:
+    """Event, total and member share as three statements (SQLite)."""
+    statements = recording_statements(connection.dialect.name)
+    event_values = {name: values[name] for name in EVENT_COLUMNS}
+    if connection.execute(statements.insert_event, event_values).scalar_one_or_none() is None:
+        return _Written(False, None, None)
+    if not counts:
+        return _Written(True, None, None)
+    capped = effective.plan.is_hard_capped
+    if capped and values["quantity"] > values["included"]:
+        return _Written(True, None, None)
+    kind = effective.subject.kind
+    used = connection.execute(
+        statements.add_to_total[(kind, capped)],
+        {
+            "subject_id": values["subject_id"],
+            "period_start": values["period_start"],
+            "period_end": values["period_end"],
+            "used": values["quantity"],
+            "included": values["included"],
+            "plan_id": values["plan_id"],
+            "updated_at": values["recorded_at"],
+        },
+    ).scalar_one_or_none()
+    if used is None or kind is not SubjectKind.ORGANIZATION:
+        return _Written(True, used, None)
+    member_used = connection.execute(
+        statements.add_to_member_share,
+        {
+            "organization_id": values["subject_id"],
+            "period_start": values["period_start"],
+            "user_id": values["user_id"],
+            "used": values["quantity"],
+            "last_used_at": values["occurred_at"],
+        },
+    ).scalar_one()
+    return _Written(True, used, member_used)
+
+
+def _write_in_one_statement(
+    connection: Connection, effective: EffectivePlan, counts: bool, values: dict[str, Any]
+) -> _Written:
+    """Event, total and member share in one round trip (PostgreSQL).
+
+    This is the hot path of every recorded suggestion, so it runs as one
+    statement straight on the driver's cursor: SQLAlchemy's per-execution
+    work would cost more CPU than the database does.
+    """
+    sql = _one_statement_sql(effective.subject.kind, effective.plan.is_hard_capped, counts)
+    driver_values = {**values, "metadata": Json(values["metadata"]) if values["metadata"] else None}
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, driver_values)
+        row = cursor.fetchone()
+        assert row is not None  # the final SELECT always yields one row
+        event_id, used, member_used = row
+    finally:
+        cursor.close()
+    return _Written(event_id is not None, used, member_used)
+
+
+EVENT_COLUMNS = (
+    "id",
+    "user_id",
+    "organization_id",
+    "plan_id",
+    "event_type",
+    "quantity",
+    "idempotency_key",
+    "occurred_at",
+    "recorded_at",
+    "period_start",
+    "period_end",
+    "metadata",
+)
+
+
+@functools.cache
+def _one_statement_sql(kind: SubjectKind, capped: bool, counts: bool) -> str:
+    """PostgreSQL's recording statement: data-modifying CTEs, in psycopg's parameter style.
+
+    ``total`` only adds when ``event`` inserted (a repeated key counts
+    nothing); ``share`` only when ``total`` added (a refused usage counts
+    nowhere). Locks come in the same order as everywhere else: key, total,
+    share.
+    """
+    column = "organization_id" if kind is SubjectKind.ORGANIZATION else "user_id"
+    columns = ", ".join(EVENT_COLUMNS)
+    placeholders = ", ".join(f"%({name})s" for name in EVENT_COLUMNS)
+    parts = [
+        f"""event AS (
+            INSERT INTO usage_events ({columns}) VALUES ({placeholders})
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id
+        )"""
+    ]
+    selected = ["(SELECT id FROM event)", "NULL::integer", "NULL::integer"]
+    if counts:
+        admit = "WHERE %(quantity)s <= %(included)s" if capped else ""
+        guard = "WHERE usage_records.used + excluded.used <= excluded.included" if capped else ""
+        parts.append(
+            f"""total AS (
+            INSERT INTO usage_records ({column}, period_start, period_end, used, included,
+                plan_id, updated_at)
+            SELECT %(subject_id)s, %(period_start)s, %(period_end)s, %(quantity)s,
+                %(included)s, %(plan_id)s, %(recorded_at)s
+            FROM event {admit}
+            ON CONFLICT ({column}, period_start) WHERE {column} IS NOT NULL DO UPDATE SET
+                used = usage_records.used + excluded.used,
+                included = excluded.included,
+                plan_id = excluded.plan_id,
+                updated_at = excluded.updated_at
+            {guard}
+            RETURNING used
+        )"""
+        )
+        selected[1] = "(SELECT used FROM total)"
+        if kind is SubjectKind.ORGANIZATION:
+            parts.append(
+                """share AS (
+            INSERT INTO member_usage (organization_id, period_start, user_id, used, last_used_at)
+            SELECT %(subject_id)s, %(period_start)s, %(user_id)s, %(quantity)s, %(occurred_at)s
+            FROM total
+            ON CONFLICT (organization_id, period_start, user_id) DO UPDATE SET
+                used = member_usage.used + excluded.used,
+                last_used_at = GREATEST(member_usage.last_used_at, excluded.last_used_at)
+            RETURNING used
+        )"""
+            )
+            selected[2] = "(SELECT used FROM share)"
+    return f"WITH {', '.join(parts)} SELECT {', '.join(selected)}"
 
 
 @dataclass(frozen=True)
