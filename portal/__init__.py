@@ -11,7 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from portal.config import ConfigError, engine_options, environ_config, normalize_database_url
-from portal.extensions import db, limiter, migrate
+from portal.extensions import csrf, db, limiter, migrate
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -39,12 +39,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
 
     limiter.init_app(app)
+    csrf.init_app(app)
 
-    from portal import api, cli, views
+    from portal import api, assets, cli, views
 
+    assets.init_app(app)
     cli.init_app(app)
     views.init_app(app)
     api.init_app(app)
+    csrf.exempt(api.blueprint)  # API clients authenticate with bearer keys, not cookies
     return app
 
 

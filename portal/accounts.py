@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from werkzeug.security import generate_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from portal.models import ROLES, Membership, Organization, User, UserSubscription
 from portal.plans import FREE, INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
@@ -135,3 +135,17 @@ def add_member(
     session.add(membership)
     session.flush()
     return membership
+
+
+# Checked against when the email is unknown, so a wrong email takes as long
+# as a wrong password and timing does not reveal who has an account.
+_UNKNOWN_USER_HASH = generate_password_hash("no account has this password")
+
+
+def authenticate_user(session: Session, email: str, password: str) -> User | None:
+    """The user with this email and password, or ``None`` (one answer for either mistake)."""
+    user = session.scalar(select(User).where(User.email == normalize_email(email)))
+    if user is None or not user.password_hash:
+        check_password_hash(_UNKNOWN_USER_HASH, password)
+        return None
+    return user if check_password_hash(user.password_hash, password) else None

@@ -85,6 +85,12 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         "SECRET_KEY": secret_key,
         "PORT": int(port_text),
         "SQLALCHEMY_DATABASE_URI": database_url,
+        # Session cookies: never readable by scripts, not sent on cross-site
+        # POSTs, and only over HTTPS in production.
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": env == "production",
+        "WTF_CSRF_TIME_LIMIT": None,  # valid as long as the session: dashboards stay open
         "SQLALCHEMY_ENGINE_OPTIONS": engine_options(database_url),
     }
 

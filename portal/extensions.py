@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -30,3 +32,6 @@ migrate = Migrate(render_as_batch=True)
 # Rate limits (sign-in attempts, API keys). Storage comes from
 # RATELIMIT_STORAGE_URI: in memory by default, Redis when configured.
 limiter = Limiter(key_func=get_remote_address, headers_enabled=True)
+
+login_manager = LoginManager()
+csrf = CSRFProtect()

@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from flask_login import UserMixin
 from sqlalchemy import (
     JSON,
     CheckConstraint,
@@ -95,7 +96,7 @@ class Organization(db.Model):  # type: ignore[name-defined,misc]
         return f"<Organization {self.slug} {self.plan_id}x{self.seats}>"
 
 
-class User(db.Model):  # type: ignore[name-defined,misc]
+class User(UserMixin, db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "users"
     __table_args__ = (
         # Emails are stored lower-cased, which makes the unique index

@@ -126,3 +126,12 @@ EVENT_TYPES: dict[str, bool] = {
 }
 DEFAULT_EVENT_TYPE = "suggestion"
 QUOTA_EVENT_TYPES = tuple(name for name, counts in EVENT_TYPES.items() if counts)
+
+# What a customer who hits a plan's cap is offered instead.
+UPGRADES: dict[str, str] = {"free": "starter", "starter": "pro"}
+
+
+def upgrade_for(plan: Plan) -> Plan | None:
+    """The plan to suggest when ``plan``'s allowance runs out, if any."""
+    upgrade = UPGRADES.get(plan.id)
+    return PLANS[upgrade] if upgrade else None

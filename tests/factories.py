@@ -47,12 +47,13 @@ def make_user(
     role: str = "member",
     email: str | None = None,
     name: str | None = None,
+    password: str | None = None,
 ) -> User:
     n = next(_counter)
     return create_user(
         session,
         email=email or f"user{n}@example.com",
-        password=None,
+        password=password,
         display_name=name,
         plan_id=plan,
         stripe_customer_id=f"cus_user{n}" if plan != "free" else None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -11,7 +10,6 @@ from werkzeug.exceptions import HTTPException
 from portal.extensions import db
 
 API_PREFIX = "/api/"
-log = logging.getLogger(__name__)
 
 # Machine-readable codes for the HTTP errors Werkzeug raises before a view runs.
 HTTP_CODES = {
@@ -55,38 +53,28 @@ def error_response(
     return response
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Answer API paths in JSON; other paths keep the site's own error pages."""
+def api_http_error(error: HTTPException) -> Response:
+    """An HTTP error raised outside our views (routing, size limits, rate limits) as API JSON."""
+    status = error.code or 500
+    message = error.description or error.name
+    if status == 429:
+        message = "Too many requests for this API key; retry after the time in Retry-After."
+    response = error_response(status, HTTP_CODES.get(status, "http_error"), message)
+    # Keep Allow on 405 and Retry-After on 429.
+    for header, value in error.get_headers():
+        if header.lower() != "content-type":
+            response.headers[header] = value
+    return response
 
+
+def is_api_request() -> bool:
+    return request.path.startswith(API_PREFIX)
+
+
+def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
         db.session.rollback()
         response = error_response(error.status, error.code, error.message, error.fields)
         response.headers.update(error.headers)
         return response
-
-    @app.errorhandler(HTTPException)
-    def _http_error(error: HTTPException) -> Any:
-        if not request.path.startswith(API_PREFIX):
-            return error
-        db.session.rollback()
-        status = error.code or 500
-        message = error.description or error.name
-        if status == 429:
-            message = "Too many requests for this API key; retry after the time in Retry-After."
-        response = error_response(status, HTTP_CODES.get(status, "http_error"), message)
-        # Keep Allow on 405 and Retry-After on 429.
-        for header, value in error.get_headers():
-            if header.lower() != "content-type":
-                response.headers[header] = value
-        return response
-
-    @app.errorhandler(Exception)
-    def _unexpected(error: Exception) -> Any:
-        if isinstance(error, HTTPException) or not request.path.startswith(API_PREFIX):
-            raise error
-        db.session.rollback()
-        log.exception("unexpected error answering %s %s", request.method, request.path)
-        return error_response(
-            500, "internal_error", "The server failed; the request may be retried."
-        )

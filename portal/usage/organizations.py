@@ -280,3 +280,50 @@ def _row(row: Any, pool_included: int, seat_included: int) -> MemberUsageRow:
         seat_included=seat_included,
         last_used_at=row.last_used_at,
     )
+
+
+@dataclass(frozen=True)
+class MemberPeriodUsage:
+    period: BillingPeriod
+    used: int
+    pool_included: int
+    seat_included: int
+    last_used_at: datetime | None
+
+    @property
+    def share_percent(self) -> Decimal:
+        return percent_used(self.used, self.pool_included)
+
+    @property
+    def warning_level(self) -> WarningLevel:
+        return warning_level(self.used, self.seat_included)
+
+
+def get_member_history(
+    session: Session, org: Organization, user_id: int, now: datetime, periods: int = 12
+) -> list[MemberPeriodUsage]:
+    """One member's part of the pool over the organization's last periods, newest first."""
+    plan = get_plan(org.plan_id)
+    current = organization_period(org, now)
+    window = [current.shifted(-offset) for offset in range(periods)]
+    rows = {
+        row.period_start: row
+        for row in session.execute(
+            select(MemberUsage.period_start, MemberUsage.used, MemberUsage.last_used_at).where(
+                MemberUsage.organization_id == org.id,
+                MemberUsage.user_id == user_id,
+                MemberUsage.period_start >= window[-1].start,
+            )
+        )
+    }
+    pool, seat = plan.included_for(org.seats), plan.included_per_seat
+    return [
+        MemberPeriodUsage(
+            p,
+            rows[p.start].used if p.start in rows else 0,
+            pool,
+            seat,
+            rows[p.start].last_used_at if p.start in rows else None,
+        )
+        for p in window
+    ]

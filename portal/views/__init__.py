@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from flask import Flask
+from flask_login import current_user
 
-from portal.views import auth
+from portal.access import administered_organizations
+from portal.extensions import db
+from portal.views import auth, errors, formatting, orgs, security, usage
 
 
 def init_app(app: Flask) -> None:
-    app.register_blueprint(auth.blueprint)
+    security.init_app(app)
+    formatting.init_app(app)
+    for module in (auth, usage, orgs):
+        app.register_blueprint(module.blueprint)
+    errors.register_error_handlers(app)
+
+    @app.context_processor
+    def navigation() -> dict[str, object]:
+        # A function, so only pages that show the navigation run the query.
+        def admin_orgs() -> list[object]:
+            if not current_user.is_authenticated:
+                return []
+            return list(administered_organizations(db.session(), current_user.id))
+
+        return {"admin_orgs": admin_orgs}

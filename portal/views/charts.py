@@ -1,0 +1,72 @@
+"""Geometry for the server-rendered SVG history chart (presentation only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from portal.periods import BillingPeriod
+from portal.plans import WarningLevel
+
+WIDTH, HEIGHT = 720, 260
+TOP, BOTTOM, LEFT, RIGHT = 16, 36, 44, 8
+
+
+class PeriodFigure(Protocol):
+    @property
+    def period(self) -> BillingPeriod: ...
+    @property
+    def used(self) -> int: ...
+    @property
+    def warning_level(self) -> WarningLevel: ...
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    limit_y: float
+    label: str
+    used: int
+    limit: int
+    level: WarningLevel
+
+
+@dataclass(frozen=True)
+class Chart:
+    width: int
+    height: int
+    bars: list[Bar]
+    axis_y: float
+    ticks: list[tuple[float, int]]
+
+
+def history_chart(rows: Sequence[PeriodFigure], limits: Sequence[int]) -> Chart:
+    """Bars oldest to newest, left to right, each with its period's limit as a line."""
+    ordered = list(zip(rows, limits, strict=True))[::-1]
+    top = max([1, *(row.used for row, _ in ordered), *limits])
+    plot_height = HEIGHT - TOP - BOTTOM
+    slot = (WIDTH - LEFT - RIGHT) / max(1, len(ordered))
+
+    def y_of(value: int) -> float:
+        return round(TOP + plot_height * (1 - value / top), 1)
+
+    bars = [
+        Bar(
+            x=round(LEFT + index * slot + slot * 0.15, 1),
+            y=y_of(row.used),
+            width=round(slot * 0.7, 1),
+            height=round(HEIGHT - BOTTOM - y_of(row.used), 1),
+            limit_y=y_of(limit),
+            label=f"{row.period.start:%b}",
+            used=row.used,
+            limit=limit,
+            level=row.warning_level,
+        )
+        for index, (row, limit) in enumerate(ordered)
+    ]
+    ticks = [(y_of(value), value) for value in sorted({0, top // 2, top})]
+    return Chart(WIDTH, HEIGHT, bars, HEIGHT - BOTTOM, ticks)

@@ -1,0 +1,171 @@
+"""The organization admin's pages: the pool, the member table, exports and member history."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+
+from flask import Blueprint, Response, abort, render_template, request, stream_with_context
+from flask_login import current_user, login_required
+
+from portal.access import Forbidden, NotVisible, member_of, organization_for_admin
+from portal.extensions import db
+from portal.models import Organization
+from portal.periods import BillingPeriod
+from portal.usage import MemberSort, get_org_usage_summary, iter_org_member_usage
+from portal.usage.organizations import (
+    DEFAULT_PAGE_SIZE,
+    get_member_history,
+    organization_period,
+)
+from portal.views.charts import history_chart
+
+blueprint = Blueprint("orgs", __name__, url_prefix="/orgs")
+PICKER_PERIODS = 12
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _organization(slug: str) -> Organization:
+    """The organization if the signed-in user administers it; 403 for members, else 404."""
+    try:
+        return organization_for_admin(db.session(), current_user.id, slug)
+    except Forbidden:
+        abort(403)
+    except NotVisible:
+        abort(404)
+
+
+def _periods(org: Organization) -> list[BillingPeriod]:
+    current = organization_period(org, _now())
+    return [current.shifted(-offset) for offset in range(PICKER_PERIODS)]
+
+
+def _chosen_period(org: Organization) -> BillingPeriod:
+    """The period named by ``?period=YYYY-MM-DD`` (its start day); the current one by default."""
+    periods = _periods(org)
+    wanted = request.args.get("period", "")
+    if not wanted:
+        return periods[0]
+    try:
+        day = date.fromisoformat(wanted)
+    except ValueError:
+        abort(404)
+    for period in periods:
+        if period.start.date() == day:
+            return period
+    abort(404)
+
+
+def _table_state() -> tuple[MemberSort, bool, str, int]:
+    try:
+        sort = MemberSort(request.args.get("sort", MemberSort.USED))
+    except ValueError:
+        sort = MemberSort.USED
+    descending = request.args.get("dir", "desc" if sort is MemberSort.USED else "asc") == "desc"
+    search = request.args.get("q", "")[:100]
+    page = request.args.get("page", "1")
+    return sort, descending, search, int(page) if page.isdigit() and int(page) > 0 else 1
+
+
+@blueprint.get("/<slug>/usage")
+@login_required
+def usage(slug: str) -> str:
+    """The pool, totals and the member table; the table region alone for HTMX."""
+    org = _organization(slug)
+    period = _chosen_period(org)
+    sort, descending, search, page = _table_state()
+    summary = get_org_usage_summary(
+        db.session(),
+        org,
+        period,
+        sort=sort,
+        descending=descending,
+        search=search,
+        page=page,
+        page_size=DEFAULT_PAGE_SIZE,
+    )
+    if summary.rows == [] and page > summary.page_count:
+        abort(404)
+    context = {"summary": summary, "periods": _periods(org), "period": period}
+    partial = request.headers.get("HX-Request") and not request.headers.get(
+        "HX-History-Restore-Request"
+    )
+    if partial:
+        return render_template("partials/orgs/_members.html", standalone=True, **context)
+    return render_template("orgs/usage.html", **context)
+
+
+@blueprint.get("/<slug>/usage.csv")
+@login_required
+def usage_csv(slug: str) -> Response:
+    """Every member's row for the chosen period, streamed as CSV."""
+    org = _organization(slug)
+    period = _chosen_period(org)
+    sort, descending, search, _ = _table_state()
+    rows = iter_org_member_usage(
+        db.session(), org, period, sort=sort, descending=descending, search=search
+    )
+
+    def generate() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        header = [
+            "name",
+            "email",
+            "role",
+            "used",
+            "share_of_pool_percent",
+            "warning_level",
+            "last_activity_utc",
+        ]
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(
+                [
+                    _cell(row.display_name),
+                    _cell(row.email),
+                    row.role,
+                    row.used,
+                    f"{row.share_percent}",
+                    str(row.warning_level),
+                    row.last_used_at.isoformat() if row.last_used_at else "",
+                ]
+            )
+            if buffer.tell() > 16_384:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    filename = f"{org.slug}-usage-{period.start:%Y-%m-%d}-to-{period.end:%Y-%m-%d}.csv"
+    return Response(
+        stream_with_context(generate()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _cell(text: str) -> str:
+    # A cell starting with = + - @ would run as a formula in a spreadsheet.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@blueprint.get("/<slug>/members/<int:member_id>/history")
+@login_required
+def member_history(slug: str, member_id: int) -> str:
+    """One member's part of the pool over the last 12 periods (admins only)."""
+    org = _organization(slug)
+    try:
+        member = member_of(db.session(), org, member_id)
+    except NotVisible:
+        abort(404)
+    periods = get_member_history(db.session(), org, member.id, _now())
+    chart = history_chart(periods, [row.seat_included for row in periods])
+    return render_template(
+        "orgs/member_history.html", org=org, member=member, periods=periods, chart=chart
+    )
