@@ -73,4 +73,6 @@ def test_sign_in_page_answers(app: Flask) -> None:
     response = app.test_client().get("/login")
     assert response.status_code == 200
     assert b"Sign in" in response.data
-    assert app.test_client().get("/").headers["Location"].endswith("/login")
+    # Signed-out visitors of the home page end up at the sign-in form.
+    home = app.test_client().get("/", follow_redirects=True)
+    assert home.request.path == "/login" and b"Sign in" in home.data
