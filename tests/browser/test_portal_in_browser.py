@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+from sqlalchemy.orm import Session
+
+from portal.demo import DEMO_PASSWORD, seed_demo
+from portal.usage import record_usage
+from tests.factories import make_org, make_user
+from tests.views.conftest import PASSWORD
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+Page = Any
+
+
+def sign_in(page: Page, base: str, email: str, password: str = PASSWORD) -> None:
+    page.goto(f"{base}/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{base}/usage")
+
+
+def test_the_bar_updates_within_one_poll_without_a_reload(
+    session: Session, live_server: str, page: Page
+) -> None:
+    user = make_user(session, plan="starter", password=PASSWORD,
+                     anchor=datetime.now(UTC) - timedelta(days=3))
+    session.commit()
+    sign_in(page, live_server, user.email)
+    used = page.get_by_test_id("used")
+    assert used.inner_text() == "0"
+    bar = page.get_by_role("progressbar", name="Suggestions used this period")
+    assert bar.get_attribute("value") == "0"
+    page.evaluate("window.__notReloaded = true")
+
+    record_usage(session, user.id, idempotency_key="browser-1", now=datetime.now(UTC), quantity=21)
+    session.commit()
+
+    # One poll is 10 s; Playwright's assertions retry until then (no page eval: the CSP forbids it).
+    expect(used).to_have_text("21", timeout=12_000)
+    assert page.evaluate("window.__notReloaded") is True  # swapped in place, not reloaded
+    assert bar.get_attribute("value") == "21"
+    assert "84.0%" in page.get_by_test_id("alert").inner_text()
+
+
+def test_admin_sorts_and_filters_and_back_restores_the_table(
+    session: Session, live_server: str, page: Page
+) -> None:
+    org = make_org(session, plan="team", seats=6, anchor=datetime.now(UTC) - timedelta(days=2))
+    admin = make_user(session, org=org, role="admin", password=PASSWORD, name="Ada Admin",
+                      email="ada@corp.example")
+    for n, (name, used) in enumerate([("Bea", 12), ("Cy", 40), ("Dee", 3)]):
+        member = make_user(session, org=org, name=name, email=f"{name.lower()}@corp.example")
+        record_usage(session, member.id, idempotency_key=f"b{n}", now=datetime.now(UTC),
+                     quantity=used)
+    session.commit()
+    sign_in(page, live_server, admin.email)
+    page.goto(f"{live_server}/orgs/{org.slug}/usage")
+
+    rows = page.locator("[data-testid=member-table] tbody tr")
+    first_cells = page.locator("[data-testid=member-table] tbody tr td:first-child")
+
+    def names() -> list[str]:
+        return first_cells.all_inner_texts()
+
+    assert names() == ["Cy", "Bea", "Dee", "Ada Admin"]  # most used first
+    page.locator("a[data-sort=name]").click()
+    page.wait_for_url("**sort=name**")
+    expect(first_cells).to_have_text(["Ada Admin", "Bea", "Cy", "Dee"])
+
+    page.get_by_label("Filter members by name or email").fill("de")
+    page.wait_for_url("**q=de**")
+    expect(first_cells).to_have_text(["Dee"])
+    filtered = names()
+    assert "sort=name" in page.url  # filtering kept the sort
+
+    page.go_back()
+    expect(rows).to_have_count(4)
+    expect(first_cells).to_have_text(["Ada Admin", "Bea", "Cy", "Dee"])
+    assert "q=de" not in page.url
+    page.go_forward()
+    expect(first_cells).to_have_text(filtered)
+
+
+def test_screenshots_of_the_demo(
+    session: Session, live_server: str, page: Page, engine_name: str
+) -> None:
+    if engine_name != "sqlite":
+        pytest.skip("screenshots are taken once, from the SQLite run")
+    seed_demo(session, datetime.now(UTC))
+    session.commit()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    sign_in(page, live_server, "admin@acme.example", DEMO_PASSWORD)
+    shots = {
+        "dashboard.png": "/usage",
+        "history.png": "/usage/history",
+        "organization.png": "/orgs/acme/usage",
+    }
+    for name, path in shots.items():
+        page.goto(live_server + path)
+        page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, live_server, "pro@demo.example", DEMO_PASSWORD)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-overage.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(live_server + "/usage")
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-phone.png"), full_page=True)
+    assert all((SCREENSHOTS / name).stat().st_size > 10_000 for name in shots)
