@@ -76,3 +76,8 @@ def test_sign_in_page_answers(app: Flask) -> None:
     # Signed-out visitors of the home page end up at the sign-in form.
     home = app.test_client().get("/", follow_redirects=True)
     assert home.request.path == "/login" and b"Sign in" in home.data
+
+
+def test_health_check_answers_without_signing_in(app: Flask) -> None:
+    response = app.test_client().get("/healthz")
+    assert (response.status_code, response.data) == (200, b"ok\n")
