@@ -30,17 +30,13 @@ class MemberSort(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class MemberUsageRow:
-    """One member's usage of the pool in a period.
+class MemberShare:
+    """A member's usage of the pool.
 
-    The warning level compares the member's usage with one seat's allowance,
-    so an admin sees who uses more than their share.
+    The warning level compares it with one seat's allowance, so an admin sees
+    who uses more than their share; the share is of the pool's included amount.
     """
 
-    user_id: int
-    display_name: str
-    email: str
-    role: str
     used: int
     pool_included: int
     seat_included: int
@@ -49,12 +45,21 @@ class MemberUsageRow:
 
     @property
     def share_percent(self) -> Decimal:
-        """The member's part of the pool's included amount."""
         return percent_used(self.used, self.pool_included)
 
     @property
     def warning_level(self) -> WarningLevel:
         return warning_level(self.used, self.seat_included)
+
+
+@dataclass(frozen=True)
+class MemberUsageRow(MemberShare):
+    """One row of the member table: who, and their share in the period."""
+
+    user_id: int
+    display_name: str
+    email: str
+    role: str
 
 
 @dataclass(frozen=True)
@@ -283,20 +288,10 @@ def _row(row: Any, pool_included: int, seat_included: int) -> MemberUsageRow:
 
 
 @dataclass(frozen=True)
-class MemberPeriodUsage:
+class MemberPeriodUsage(MemberShare):
+    """A member's share in one of the organization's periods."""
+
     period: BillingPeriod
-    used: int
-    pool_included: int
-    seat_included: int
-    last_used_at: datetime | None
-
-    @property
-    def share_percent(self) -> Decimal:
-        return percent_used(self.used, self.pool_included)
-
-    @property
-    def warning_level(self) -> WarningLevel:
-        return warning_level(self.used, self.seat_included)
 
 
 def get_member_history(
@@ -319,11 +314,11 @@ def get_member_history(
     pool, seat = plan.included_for(org.seats), plan.included_per_seat
     return [
         MemberPeriodUsage(
-            p,
-            rows[p.start].used if p.start in rows else 0,
-            pool,
-            seat,
-            rows[p.start].last_used_at if p.start in rows else None,
+            used=rows[p.start].used if p.start in rows else 0,
+            pool_included=pool,
+            seat_included=seat,
+            last_used_at=rows[p.start].last_used_at if p.start in rows else None,
+            period=p,
         )
         for p in window
     ]
