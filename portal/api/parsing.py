@@ -25,9 +25,11 @@ def read_json_object(request: Request) -> dict[str, Any]:
         raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
     raw = request.get_data(cache=False)  # raises 413 past the request's size limit
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "The body is nested too deeply.") from None
     if not isinstance(data, dict):
         raise ApiError(
             422,
@@ -36,6 +38,11 @@ def read_json_object(request: Request) -> dict[str, Any]:
             {"body": "must be a JSON object"},
         )
     return data
+
+
+def _refuse_constant(name: str) -> None:
+    # NaN and Infinity are not JSON, and PostgreSQL's json type refuses them.
+    raise ValueError(f"{name} is not allowed in JSON")
 
 
 def is_plausible_email(value: object) -> bool:

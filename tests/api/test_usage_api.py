@@ -359,3 +359,20 @@ def test_rate_limit_per_key_answers_429_with_retry_after(database_url: str) -> N
 
             _empty_tables()
             db.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"user_email": "a@b.co", "idempotency_key": "k", "metadata": {"x": NaN}}',
+        '{"user_email": "a@b.co", "idempotency_key": "k", "quantity": Infinity}',
+        '{"metadata": ' + "[" * 5000 + "]" * 5000 + "}",
+    ],
+)
+def test_json_that_postgresql_or_python_would_choke_on_is_a_400(
+    session: Session, api: Api, raw: str
+) -> None:
+    response = api("post", "/usage-events", data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "invalid_json"
+    assert recorded(session) == (0, 0)
