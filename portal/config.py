@@ -77,8 +77,13 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
             f"API_RATE_LIMIT must look like '6000 per minute', got {api_rate_limit!r}"
         ) from None
 
+    proxies = environ.get("TRUSTED_PROXIES", "0").strip()
+    if not proxies.isdigit() or int(proxies) > 5:
+        raise ConfigError(f"TRUSTED_PROXIES must be a whole number from 0 to 5, got {proxies!r}")
+
     return {
         "PORTAL_ENV": env,
+        "TRUSTED_PROXIES": int(proxies),
         "RATELIMIT_STORAGE_URI": storage,
         "API_RATE_LIMIT": api_rate_limit,
         "TESTING": env == "test",

@@ -81,3 +81,27 @@ def test_sign_in_page_answers(app: Flask) -> None:
 def test_health_check_answers_without_signing_in(app: Flask) -> None:
     response = app.test_client().get("/healthz")
     assert (response.status_code, response.data) == (200, b"ok\n")
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_is_used(database_url: str) -> None:
+    from portal import create_app
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "TRUSTED_PROXIES": 1})
+    seen: list[str | None] = []
+
+    @app.get("/__whoami")
+    def whoami() -> str:
+        from flask import request
+
+        seen.append(request.remote_addr)
+        return request.scheme
+
+    response = app.test_client().get(
+        "/__whoami", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    )
+    assert response.data == b"https" and seen == ["203.0.113.9"]
+
+
+def test_proxy_count_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
+        load_config({"PORTAL_ENV": "development", "TRUSTED_PROXIES": "many"}, str(tmp_path))
