@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 5000
 export PORTAL_ENV ?= development
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	PORTAL_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Retake docs/screenshots from the demo data (the browser tests take them).
+screenshots: $(VENV)/.installed-dev
+	PORTAL_ENV=test UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/browser -k screenshots
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check portal tests bench
