@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.config import ConfigError, engine_options, environ_config, normalize_database_url
 from portal.extensions import csrf, db, limiter, migrate

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from portal.accounts import AccountError, create_organization, create_user
 from portal.apikeys import ApiKeyError, create_api_key, list_api_keys, revoke_api_key
+from portal.billing import cli as billing_cli
 from portal.extensions import db
 from portal.models import Organization
 from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
@@ -173,3 +174,4 @@ def init_app(app: Flask) -> None:
         list_api_keys_command,
     ):
         app.cli.add_command(command)
+    billing_cli.init_app(app)

@@ -13,12 +13,14 @@ from typing import Any
 from flask_login import UserMixin
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
     Uuid,
@@ -65,6 +67,9 @@ def utcnow() -> datetime:
 LIVE_SUBSCRIPTION_STATUSES = ("active", "trialing", "past_due")
 SUBSCRIPTION_STATUSES = (*LIVE_SUBSCRIPTION_STATUSES, "canceled", "paused")
 ROLES = ("admin", "member")
+EVENT_REPORT_STATUSES = ("pending", "batched", "skipped")
+REPORT_BATCH_STATUSES = ("pending", "sent", "failed")
+REPORT_RUN_OUTCOMES = ("running", "ok", "incomplete", "failed", "error")
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -164,7 +169,34 @@ class UsageEvent(db.Model):  # type: ignore[name-defined,misc]
     """
 
     __tablename__ = "usage_events"
-    __table_args__ = (CheckConstraint("quantity > 0", name="quantity_positive"),)
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint(_one_of("report_status", EVENT_REPORT_STATUSES), name="report_status"),
+        # The reporter's backlog, in the order it claims it: by billing subject
+        # and period, so one claim aggregates into few meter events. Partial,
+        # so it stays as small as the backlog however long the history grows.
+        Index(
+            "ix_usage_events_report_backlog",
+            "organization_id",
+            "user_id",
+            "period_start",
+            sqlite_where=text("report_status = 'pending'"),
+            postgresql_where=text("report_status = 'pending'"),
+        ),
+        Index(
+            "ix_usage_events_report_batch_id",
+            "report_batch_id",
+            sqlite_where=text("report_batch_id IS NOT NULL"),
+            postgresql_where=text("report_batch_id IS NOT NULL"),
+        ),
+        # Paid usage nobody could be billed for: rare, and usage-status counts it.
+        Index(
+            "ix_usage_events_unbilled_no_customer",
+            "occurred_at",
+            sqlite_where=text("report_skip_reason = 'no_customer'"),
+            postgresql_where=text("report_skip_reason = 'no_customer'"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True, default=uuid.uuid4)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
@@ -179,6 +211,13 @@ class UsageEvent(db.Model):  # type: ignore[name-defined,misc]
     period_end: Mapped[datetime] = mapped_column(UTCDateTime())
     event_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     stripe_reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Reporting to Stripe (portal.billing.reporter). Recording never names
+    # these columns, so each has a server default or is nullable.
+    report_status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    """``pending``; ``batched`` into ``report_batch_id`` (reported once
+    ``stripe_reported_at`` is set); or ``skipped`` (``report_skip_reason`` says why)."""
+    report_batch_id: Mapped[int | None] = mapped_column(ForeignKey("usage_report_batches.id"))
+    report_skip_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
@@ -257,3 +296,84 @@ class ApiKey(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class UsageReportRun(db.Model):  # type: ignore[name-defined,misc]
+    """One run of ``flask report-usage``: written when it starts, completed when it ends.
+
+    A run killed on the way stays ``running`` forever, which is how
+    ``flask usage-status`` tells an interrupted run from a finished one.
+    """
+
+    __tablename__ = "usage_report_runs"
+    __table_args__ = (
+        CheckConstraint(_one_of("outcome", REPORT_RUN_OUTCOMES), name="outcome"),
+        Index("ix_usage_report_runs_outcome_started_at", "outcome", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    worker: Mapped[str] = mapped_column(String(255))
+    """Host and process id, to tell apart runs on several machines."""
+    outcome: Mapped[str] = mapped_column(String(16))
+    claimed: Mapped[int] = mapped_column(Integer, server_default="0")
+    batches_sent: Mapped[int] = mapped_column(Integer, server_default="0")
+    events_reported: Mapped[int] = mapped_column(Integer, server_default="0")
+    skipped: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    retried: Mapped[int] = mapped_column(Integer, server_default="0")
+    pending: Mapped[int] = mapped_column(Integer, server_default="0")
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class UsageReportBatch(db.Model):  # type: ignore[name-defined,misc]
+    """One meter event for Stripe: the outbox row, written before Stripe is called.
+
+    It sums usage events of one Stripe customer, meter and billing period
+    (the events point here through ``report_batch_id``). Its ``identifier``,
+    ``value`` and ``meter_timestamp`` never change once written, so every
+    attempt sends the same meter event and Stripe's identifier check makes a
+    repeated delivery harmless.
+    """
+
+    __tablename__ = "usage_report_batches"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", REPORT_BATCH_STATUSES), name="status"),
+        CheckConstraint("value > 0", name="value_positive"),
+        CheckConstraint("event_count > 0", name="event_count_positive"),
+        # Open batches only (pending and failed): sent ones pile up forever.
+        Index(
+            "ix_usage_report_batches_open",
+            "status",
+            "id",
+            sqlite_where=text("status <> 'sent'"),
+            postgresql_where=text("status <> 'sent'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identifier: Mapped[str] = mapped_column(String(100), unique=True)
+    """The meter event's ``identifier`` at Stripe: random, so no other database
+    (a staging copy, a restored backup) can ever produce the same one."""
+    stripe_customer_id: Mapped[str] = mapped_column(String(255))
+    event_name: Mapped[str] = mapped_column(String(100))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    value: Mapped[int] = mapped_column(BigInteger)
+    event_count: Mapped[int] = mapped_column(Integer)
+    meter_timestamp: Mapped[datetime] = mapped_column(UTCDateTime())
+    """The meter event's ``timestamp``: whole seconds, inside the billing period."""
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    """When the batch last became pending: created, or put back by ``--retry-failed``."""
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_http_status: Mapped[int | None] = mapped_column(Integer)
+    stripe_request_id: Mapped[str | None] = mapped_column(String(255))
+    created_run_id: Mapped[int | None] = mapped_column(ForeignKey("usage_report_runs.id"))
+    last_run_id: Mapped[int | None] = mapped_column(ForeignKey("usage_report_runs.id"))

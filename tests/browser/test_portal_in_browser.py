@@ -29,8 +29,9 @@ def sign_in(page: Page, base: str, email: str, password: str = PASSWORD) -> None
 def test_the_bar_updates_within_one_poll_without_a_reload(
     session: Session, live_server: str, page: Page
 ) -> None:
-    user = make_user(session, plan="starter", password=PASSWORD,
-                     anchor=datetime.now(UTC) - timedelta(days=3))
+    user = make_user(
+        session, plan="starter", password=PASSWORD, anchor=datetime.now(UTC) - timedelta(days=3)
+    )
     session.commit()
     sign_in(page, live_server, user.email)
     used = page.get_by_test_id("used")
@@ -53,12 +54,19 @@ def test_admin_sorts_and_filters_and_back_restores_the_table(
     session: Session, live_server: str, page: Page
 ) -> None:
     org = make_org(session, plan="team", seats=6, anchor=datetime.now(UTC) - timedelta(days=2))
-    admin = make_user(session, org=org, role="admin", password=PASSWORD, name="Ada Admin",
-                      email="ada@corp.example")
+    admin = make_user(
+        session,
+        org=org,
+        role="admin",
+        password=PASSWORD,
+        name="Ada Admin",
+        email="ada@corp.example",
+    )
     for n, (name, used) in enumerate([("Bea", 12), ("Cy", 40), ("Dee", 3)]):
         member = make_user(session, org=org, name=name, email=f"{name.lower()}@corp.example")
-        record_usage(session, member.id, idempotency_key=f"b{n}", now=datetime.now(UTC),
-                     quantity=used)
+        record_usage(
+            session, member.id, idempotency_key=f"b{n}", now=datetime.now(UTC), quantity=used
+        )
     session.commit()
     sign_in(page, live_server, admin.email)
     page.goto(f"{live_server}/orgs/{org.slug}/usage")

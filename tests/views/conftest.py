@@ -18,7 +18,9 @@ def csrf_token(html: str) -> str:
     return match.group(1)
 
 
-def sign_in(client: FlaskClient, email: str, password: str = PASSWORD, next_url: str = "") -> object:
+def sign_in(
+    client: FlaskClient, email: str, password: str = PASSWORD, next_url: str = ""
+) -> object:
     page = client.get("/login")
     token = csrf_token(page.get_data(as_text=True))
     path = "/login" + (f"?next={next_url}" if next_url else "")

@@ -22,7 +22,9 @@ def test_sign_in_and_out(app: Flask, session: Session) -> None:
     assert client.get("/usage").status_code == 302
 
 
-@pytest.mark.parametrize("email,password", [("ada@example.com", "wrong"), ("nobody@example.com", PASSWORD)])
+@pytest.mark.parametrize(
+    "email,password", [("ada@example.com", "wrong"), ("nobody@example.com", PASSWORD)]
+)
 def test_wrong_email_or_password_get_one_generic_message(
     app: Flask, session: Session, email: str, password: str
 ) -> None:

@@ -25,16 +25,28 @@ def now() -> datetime:
 def team(session: Session, usage: list[int]) -> tuple[Organization, User, list[User]]:
     """An org (seat allowance 50) with an admin and members who used ``usage``."""
     org = make_org(session, plan="team", seats=len(usage) + 1, anchor=now() - timedelta(days=4))
-    admin = make_user(session, org=org, role="admin", password=PASSWORD, name="Zed Admin",
-                      email=f"admin@{org.slug}.example")
+    admin = make_user(
+        session,
+        org=org,
+        role="admin",
+        password=PASSWORD,
+        name="Zed Admin",
+        email=f"admin@{org.slug}.example",
+    )
     members = []
     for n, used in enumerate(usage):
-        member = make_user(session, org=org, password=PASSWORD, name=f"Member {n:02d}",
-                           email=f"m{n:02d}@{org.slug}.example")
+        member = make_user(
+            session,
+            org=org,
+            password=PASSWORD,
+            name=f"Member {n:02d}",
+            email=f"m{n:02d}@{org.slug}.example",
+        )
         members.append(member)
         if used:
-            record_usage(session, member.id, idempotency_key=f"{org.slug}-{n}", now=now(),
-                         quantity=used)
+            record_usage(
+                session, member.id, idempotency_key=f"{org.slug}-{n}", now=now(), quantity=used
+            )
     session.commit()
     return org, admin, members
 
@@ -74,8 +86,9 @@ def test_member_table_sorts_filters_and_pages_with_the_state_in_the_url(
     # Without JavaScript the same URL is a full page.
     assert "<html" in client.get(f"{base}?q=M02").get_data(as_text=True)
     # Restoring history after the back button also gets the full page.
-    restore = client.get(f"{base}?q=M02", headers={"HX-Request": "true",
-                                                   "HX-History-Restore-Request": "true"})
+    restore = client.get(
+        f"{base}?q=M02", headers={"HX-Request": "true", "HX-History-Restore-Request": "true"}
+    )
     assert "<html" in restore.get_data(as_text=True)
 
 

@@ -20,8 +20,13 @@ def now() -> datetime:
 
 
 def use(session: Session, user_id: int, quantity: int) -> None:
-    record_usage(session, user_id, idempotency_key=f"{user_id}-{quantity}-{now()}", now=now(),
-                 quantity=quantity)
+    record_usage(
+        session,
+        user_id,
+        idempotency_key=f"{user_id}-{quantity}-{now()}",
+        now=now(),
+        quantity=quantity,
+    )
     session.commit()
 
 
@@ -73,8 +78,10 @@ def test_dashboard_names_period_reset_and_projection(session: Session, signed_in
     user = make_user(session, plan="pro", password=PASSWORD, anchor=anchor)
     use(session, user.id, 20)
     html = squash(text(signed_in(user.email), "/usage"))
-    end = anchor.replace(month=anchor.month % 12 + 1) if anchor.month < 12 else anchor.replace(
-        year=anchor.year + 1, month=1
+    end = (
+        anchor.replace(month=anchor.month % 12 + 1)
+        if anchor.month < 12
+        else anchor.replace(year=anchor.year + 1, month=1)
     )
     assert f"Resets on <strong>{end:%b} {end.day}, {end.year}</strong>" in html
     assert "Projected by" in html and "Pro plan" in html
@@ -98,7 +105,7 @@ def test_live_region_is_served_alone_and_answers_304_when_unchanged(
     client = signed_in(user.email)
     first = client.get("/usage/current", headers={"HX-Request": "true"})
     body = first.get_data(as_text=True)
-    assert first.status_code == 200 and body.lstrip().startswith("<section id=\"current-usage\"")
+    assert first.status_code == 200 and body.lstrip().startswith('<section id="current-usage"')
     assert "<html" not in body and 'hx-trigger="every 10s' in body
     etag = first.headers["ETag"]
     again = client.get("/usage/current", headers={"If-None-Match": etag})
@@ -118,7 +125,7 @@ def test_history_lists_twelve_periods_with_chart_and_table(
     rows = re.findall(r"<tr(?: aria-current=\"true\")?> <th scope=\"row\">", html)
     assert len(rows) == 12
     assert '<svg viewBox="0 0 720 260" role="img"' in html
-    assert "<title id=\"chart-title\">" in html and "<desc id=\"chart-desc\">" in html
+    assert '<title id="chart-title">' in html and '<desc id="chart-desc">' in html
     assert html.count('class="limit"') == 12
     first_row = html.split('aria-current="true"', 1)[1]
     assert re.search(r'<td class="num">30</td> <td class="num">25</td>', first_row)

@@ -1,0 +1,862 @@
+"""``report_usage``: send billable usage to Stripe Billing Meters, each unit exactly once.
+
+Why nothing is lost or billed twice, through crashes, timeouts and overlapping runs:
+
+1. **Claim.** Pending usage events are taken in chunks of at most
+   ``batch_size`` (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent runs
+   take disjoint events; SQLite: ``BEGIN IMMEDIATE``, one writer at a time).
+   Each chunk is grouped by (Stripe customer, meter, billing period) into
+   report batches, and the batch rows, with their identifier, value and
+   timestamp, are committed together with their events' link to them
+   *before* Stripe is called: an outbox. Not-billable events leave the
+   backlog as ``skipped`` in the same transaction.
+2. **Send.** Each pending batch is one meter event whose ``identifier`` is the
+   batch's. Success, or Stripe's "An event already exists with identifier …"
+   (an earlier attempt got through), marks the batch sent and its events
+   reported in one transaction.
+3. **Anything in between** (a crash, a timeout, a dropped connection, a 5xx)
+   leaves the batch pending; every later attempt sends the very same event,
+   which Stripe counts once. Permanent refusals mark the batch failed with
+   Stripe's message until ``--retry-failed``.
+
+Stripe promises to remember identifiers for at least 24 hours only, so a
+batch that stays pending for ``DEDUPE_SAFE_AGE`` is not resent blindly: it is
+marked failed for a person to check (see the README, "Recovering failed batches").
+
+Memory is bounded by the batch size: events are claimed chunk by chunk, and
+only counters outlive a chunk.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import functools
+import hashlib
+import json
+import math
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Integer, String, bindparam, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from portal.billing.gateway import Delivery, DeliveryStatus, MeterEvent, MeterEventGateway
+from portal.billing.settings import DEFAULT_METER_EVENT_NAME
+from portal.models import UsageReportBatch, UsageReportRun, UTCDateTime
+from portal.plans import PLANS, QUOTA_EVENT_TYPES
+
+STRIPE_MAX_EVENT_AGE = timedelta(days=35)
+"""Stripe refuses meter events whose timestamp is older than this."""
+CLAIM_AGE_MARGIN = timedelta(minutes=15)
+"""Usage this close to Stripe's limit when claimed is failed at once: it could
+not be sent before it crosses the limit if the first attempt hits a snag."""
+SEND_AGE_MARGIN = timedelta(minutes=2)
+"""Clock differences with Stripe, and the request's own travel time."""
+DEDUPE_SAFE_AGE = timedelta(hours=23)
+"""Stripe deduplicates identifiers for at least 24 hours; an hour to spare."""
+
+DEFAULT_BATCH_SIZE = 10_000
+MAX_BATCH_SIZE = 100_000
+DEFAULT_MAX_SECONDS = 240.0
+"""Four minutes, so a run started every five minutes is done before the next."""
+DEFAULT_MAX_ATTEMPTS = 4
+"""HTTP attempts per batch within one run; a batch still failing waits for the next run."""
+IDENTIFIER_PREFIX = "aiu_"
+
+PAID_PLAN_IDS = frozenset(plan.id for plan in PLANS.values() if plan.is_paid)
+BILLABLE_EVENT_TYPES = frozenset(QUOTA_EVENT_TYPES)
+
+# Advisory-lock namespace for "one request in flight per customer and meter".
+_CUSTOMER_LOCK_NAMESPACE = 0x5553_4147  # "USAG"
+
+
+class SkipReason(enum.StrEnum):
+    """Why an event leaves the backlog without being sent."""
+
+    NOT_BILLABLE = "not_billable"
+    """Its event type does not consume quota (e.g. a refinement)."""
+    FREE_PLAN = "free_plan"
+    NO_CUSTOMER = "no_customer"
+    """Paid usage whose billing subject has no Stripe customer: nobody to bill."""
+    ALREADY_REPORTED = "already_reported"
+    """``stripe_reported_at`` was set by something other than this reporter."""
+
+
+def skip_reason(
+    event_type: str, plan_id: str, stripe_customer_id: str | None, already_reported: bool
+) -> SkipReason | None:
+    """Why this usage is not sent to Stripe, or ``None`` when it is billable."""
+    if already_reported:
+        return SkipReason.ALREADY_REPORTED
+    if event_type not in BILLABLE_EVENT_TYPES:
+        return SkipReason.NOT_BILLABLE
+    if plan_id not in PAID_PLAN_IDS:
+        return SkipReason.FREE_PLAN
+    if not stripe_customer_id:
+        return SkipReason.NO_CUSTOMER
+    return None
+
+
+def meter_timestamp(
+    latest: datetime, period_start: datetime, period_end: datetime, now: datetime
+) -> datetime:
+    """The meter event's timestamp: the batch's latest usage, in whole seconds, inside its period.
+
+    Stripe assigns a meter event to the invoice whose period contains its
+    timestamp, so the timestamp must stay in ``[period_start, period_end)``
+    even when the anchor has fractions of a second; and never ahead of ``now``
+    unless the period itself has not started yet (a fast client clock).
+    """
+    first = math.ceil(period_start.timestamp())
+    last = math.ceil(period_end.timestamp()) - 1
+    moment = min(math.floor(latest.timestamp()), math.floor(now.timestamp()))
+    return datetime.fromtimestamp(max(first, min(moment, last)), UTC)
+
+
+def new_identifier() -> str:
+    """A meter event identifier no other database can produce (36 characters)."""
+    return IDENTIFIER_PREFIX + uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    event_name: str = DEFAULT_METER_EVENT_NAME
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Events per claim; the reporter's memory grows with it, not with the backlog."""
+    limit: int | None = None
+    """Most events to claim in this run; ``None`` for the whole backlog."""
+    max_seconds: float = DEFAULT_MAX_SECONDS
+    retry_failed: bool = False
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    worker: str = ""
+    """Who runs the report (host:pid), recorded with the run."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be from 1 to {MAX_BATCH_SIZE}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be at least 1")
+        if self.max_seconds <= 0 or self.max_attempts < 1:
+            raise ValueError("max_seconds must be positive and max_attempts at least 1")
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What one run did. Batches are meter events; events are usage events."""
+
+    claimed: int = 0
+    """Usage events taken from the backlog."""
+    batches_sent: int = 0
+    events_reported: int = 0
+    value_sent: int = 0
+    skipped: int = 0
+    """Usage events that left the backlog unsent (``skipped_reasons`` says why)."""
+    skipped_reasons: Mapping[str, int] = field(default_factory=dict)
+    failed: int = 0
+    """Batches marked failed (Stripe refused them, or they are too old to send)."""
+    retried: int = 0
+    """Requests sent again after a timeout, dropped connection, 409, 429 or 5xx."""
+    pending: int = 0
+    """Batches this run created or tried and left pending, for the next run."""
+    requeued: int = 0
+    """Failed batches put back by ``retry_failed``."""
+    duration_s: float = 0.0
+    error: str | None = None
+    """A configuration problem found on the way (Stripe refused the API key)."""
+    locked_out: bool = False
+    """Another run holds the SQLite database's reporter lock; nothing was done."""
+    run_id: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0: everything taken was sent or skipped; 1: a batch failed or is pending; 2: config."""
+        if self.error is not None:
+            return 2
+        if self.failed or self.pending:
+            return 1
+        return 0
+
+    @property
+    def outcome(self) -> str:
+        if self.error is not None:
+            return "error"
+        if self.failed:
+            return "failed"
+        if self.pending:
+            return "incomplete"
+        return "ok"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "claimed": self.claimed,
+            "batches_sent": self.batches_sent,
+            "events_reported": self.events_reported,
+            "value_sent": self.value_sent,
+            "skipped": self.skipped,
+            "skipped_reasons": dict(self.skipped_reasons),
+            "failed": self.failed,
+            "retried": self.retried,
+            "pending": self.pending,
+            "requeued": self.requeued,
+            "duration_s": round(self.duration_s, 3),
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "locked_out": self.locked_out,
+            "run_id": self.run_id,
+        }
+
+
+def requeue_failed_batches(session: Session, now: datetime) -> int:
+    """Put every failed batch back in the queue, to be sent with its own identifier again."""
+    result = session.execute(
+        update(UsageReportBatch)
+        .where(UsageReportBatch.status == "failed")
+        .values(status="pending", queued_at=now, failed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+class BatchNotFailed(LookupError):
+    """Only a failed batch may be marked sent by hand; the message says what it is instead."""
+
+
+def mark_batch_sent(session: Session, batch_id: int, now: datetime) -> UsageReportBatch:
+    """Settle a failed batch whose usage reached Stripe another way, without calling Stripe.
+
+    For a person who checked Stripe: the meter already holds the event (a
+    delivery that was unconfirmed for too long), or the usage was billed by
+    hand (too old for the meter). The batch becomes sent and its events
+    reported, so nothing sends them again. The caller commits.
+    """
+    batch = session.get(UsageReportBatch, batch_id, with_for_update=True)
+    if batch is None:
+        raise BatchNotFailed(f"no report batch #{batch_id}")
+    if batch.status != "failed":
+        raise BatchNotFailed(
+            f"report batch #{batch_id} is {batch.status}; only a failed batch can be marked sent"
+        )
+    batch.status = "sent"
+    batch.sent_at = now
+    batch.last_error = f"marked sent by hand at {now:%Y-%m-%d %H:%M} UTC; was: {batch.last_error}"
+    session.flush()
+    session.execute(
+        _statements(session.get_bind().dialect.name).report_events,
+        {
+            "batch_id": batch.id,
+            "now": now,
+        },
+    )
+    return batch
+
+
+def report_usage(
+    session: Session,
+    gateway: MeterEventGateway,
+    now: datetime,
+    options: ReportOptions | None = None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+    on_progress: Callable[[int], None] | None = None,
+) -> ReportSummary:
+    """Report the backlog to Stripe within the options' limits, committing as it goes.
+
+    ``now`` is the run's start; time then advances with ``monotonic``.
+    ``on_progress`` is called with the number of usage events settled (sent,
+    skipped or failed) after each step, for a progress bar.
+    """
+    options = options or ReportOptions()
+    with _exclusive_run(session) as acquired:
+        if not acquired:
+            return ReportSummary(locked_out=True)
+        run = _Run(session, gateway, now, options, sleep, monotonic, on_progress)
+        return run.execute()
+
+
+@contextmanager
+def _exclusive_run(session: Session) -> Iterator[bool]:
+    """On SQLite, one reporter at a time: a lock file beside the database.
+
+    PostgreSQL needs none (its row and advisory locks let runs overlap
+    safely). On SQLite there are no row locks, so a second overlapping run
+    would send the same batches at the same time; it steps aside instead.
+    The lock goes with the process, however it ends.
+    """
+    url = session.get_bind().engine.url
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        yield True
+        return
+    descriptor = os.open(f"{database}.report-usage.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)
+
+
+@dataclass
+class _Group:
+    """Usage of one claim going into one batch."""
+
+    ids: list[str] = field(default_factory=list)
+    """Event ids as the database spells them (opaque strings)."""
+    value: int = 0
+    latest: datetime | None = None
+    oldest: datetime | None = None
+
+    def add(self, event_id: str, quantity: int, occurred_at: datetime) -> None:
+        self.ids.append(event_id)
+        self.value += quantity
+        if self.latest is None or occurred_at > self.latest:
+            self.latest = occurred_at
+        if self.oldest is None or occurred_at < self.oldest:
+            self.oldest = occurred_at
+
+
+# (customer, period_start, period_end, too_old)
+_GroupKey = tuple[str, datetime, datetime, bool]
+
+
+class _Run:
+    """One run's state: counters, clock and budget. Used once, by ``report_usage``."""
+
+    def __init__(
+        self,
+        session: Session,
+        gateway: MeterEventGateway,
+        now: datetime,
+        options: ReportOptions,
+        sleep: Callable[[float], None],
+        monotonic: Callable[[], float],
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        self.session = session
+        self.gateway = gateway
+        self.options = options
+        self.sleep = sleep
+        self.monotonic = monotonic
+        self.on_progress = on_progress
+        self.started = now
+        self.started_monotonic = monotonic()
+        self.deadline = self.started_monotonic + options.max_seconds
+        self.dialect = session.get_bind().dialect.name
+        self.statements = _statements(self.dialect)
+        self.random = random.Random()
+        self.run_id: int | None = None
+        self.cursor = 0
+        """Highest batch id this run has looked at: each batch is handled once per run."""
+        self.deferred: list[int] = []
+        """Batches skipped because another run was sending to the same customer."""
+        self.counts: Counter[str] = Counter()
+        self.skipped_reasons: Counter[str] = Counter()
+        self.error: str | None = None
+
+    # -- time ------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return self.started + timedelta(seconds=self.monotonic() - self.started_monotonic)
+
+    def remaining(self) -> float:
+        return self.deadline - self.monotonic()
+
+    def progress(self, events: int) -> None:
+        if self.on_progress is not None and events:
+            self.on_progress(events)
+
+    # -- the run ---------------------------------------------------------
+
+    def execute(self) -> ReportSummary:
+        session = self.session
+        session.commit()  # start from a clean transaction: the claims need it
+        run = UsageReportRun(
+            started_at=self.started, worker=self.options.worker or "unknown", outcome="running"
+        )
+        session.add(run)
+        session.commit()
+        self.run_id = run.id
+        try:
+            if self.options.retry_failed:
+                self.counts["requeued"] = requeue_failed_batches(session, self.now())
+                session.commit()
+            # Batches left pending by earlier runs go first: they are the oldest usage.
+            self.send_pending()
+            while self.error is None and self.remaining() > 0:
+                room = self.options.batch_size
+                if self.options.limit is not None:
+                    room = min(room, self.options.limit - self.counts["claimed"])
+                if room <= 0 or self.claim(room) == 0:
+                    break
+                self.send_pending()
+            self.send_deferred()
+        except BaseException as error:
+            try:
+                session.rollback()
+                self.finish(f"{type(error).__name__}: {error}", outcome="error")
+            except Exception:  # noqa: S110 - the database may be what failed: keep its error
+                pass
+            raise
+        return self.finish(None)
+
+    def finish(self, crash: str | None, outcome: str | None = None) -> ReportSummary:
+        session = self.session
+        pending = 0
+        if crash is None:
+            # Ours and still pending, unless another run is sending it right now
+            # (it holds the row): that run answers for it in its own summary.
+            pending = len(
+                session.scalars(
+                    select(UsageReportBatch.id)
+                    .where(
+                        UsageReportBatch.status == "pending",
+                        (UsageReportBatch.created_run_id == self.run_id)
+                        | (UsageReportBatch.last_run_id == self.run_id),
+                    )
+                    .with_for_update(skip_locked=True)
+                ).all()
+            )
+            session.rollback()
+        c = self.counts
+        summary = ReportSummary(
+            claimed=c["claimed"],
+            batches_sent=c["batches_sent"],
+            events_reported=c["events_reported"],
+            value_sent=c["value_sent"],
+            skipped=sum(self.skipped_reasons.values()),
+            skipped_reasons=dict(self.skipped_reasons),
+            failed=c["failed"],
+            retried=c["retried"],
+            pending=pending,
+            requeued=c["requeued"],
+            duration_s=self.monotonic() - self.started_monotonic,
+            error=self.error,
+            run_id=self.run_id,
+        )
+        session.execute(
+            update(UsageReportRun)
+            .where(UsageReportRun.id == self.run_id)
+            .values(
+                finished_at=self.now(),
+                outcome=outcome or summary.outcome,
+                claimed=summary.claimed,
+                batches_sent=summary.batches_sent,
+                events_reported=summary.events_reported,
+                skipped=summary.skipped,
+                failed=summary.failed,
+                retried=summary.retried,
+                pending=summary.pending,
+                message=crash or self.error,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        return summary
+
+    # -- claiming --------------------------------------------------------
+
+    def claim(self, size: int) -> int:
+        """Turn up to ``size`` pending events into batches and skips, in one transaction."""
+        session = self.session
+        statements = self.statements
+        now = self.now()
+        cutoff = now - STRIPE_MAX_EVENT_AGE + CLAIM_AGE_MARGIN
+        if self.dialect == "sqlite":
+            # Take the write lock before reading, so the events read are the
+            # ones written: no other writer can slip in between.
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        rows = statements.fetch_claim(session, size)
+        if not rows:
+            session.commit()
+            return 0
+
+        groups: dict[_GroupKey, _Group] = {}
+        skips: dict[SkipReason, list[str]] = {}
+        for event_id, quantity, occurred_at, start, end, event_type, plan_id, reported, cus in rows:
+            reason = skip_reason(event_type, plan_id, cus, bool(reported))
+            if reason is not None:
+                skips.setdefault(reason, []).append(event_id)
+                continue
+            key = (cus, start, end, occurred_at < cutoff)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group()
+            group.add(event_id, quantity, occurred_at)
+
+        for reason, ids in skips.items():
+            self._set_events(statements.skip_events, ids, {"reason": reason.value})
+            self.skipped_reasons[reason.value] += len(ids)
+
+        ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][3]))
+        rows_to_insert = [self._batch_row(key, group, now) for key, group in ordered]
+        batch_ids = (
+            session.execute(
+                insert(UsageReportBatch).returning(
+                    UsageReportBatch.id, sort_by_parameter_order=True
+                ),
+                rows_to_insert,
+            )
+            .scalars()
+            .all()
+            if rows_to_insert
+            else []
+        )
+        for batch_id, (_, group) in zip(batch_ids, ordered, strict=True):
+            self._set_events(statements.batch_events, group.ids, {"batch_id": batch_id})
+        session.commit()
+
+        skipped = sum(len(ids) for ids in skips.values())
+        too_old = [group for key, group in ordered if key[3]]
+        self.counts["claimed"] += len(rows)
+        self.counts["failed"] += len(too_old)
+        self.progress(skipped + sum(len(group.ids) for group in too_old))
+        return len(rows)
+
+    def _batch_row(self, key: _GroupKey, group: _Group, now: datetime) -> dict[str, Any]:
+        customer, start, end, too_old = key
+        assert group.latest is not None and group.oldest is not None
+        row: dict[str, Any] = {
+            "identifier": new_identifier(),
+            "stripe_customer_id": customer,
+            "event_name": self.options.event_name,
+            "period_start": start,
+            "period_end": end,
+            "value": group.value,
+            "event_count": len(group.ids),
+            "meter_timestamp": meter_timestamp(group.latest, start, end, now),
+            "status": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "queued_at": now,
+            "created_run_id": self.run_id,
+            "last_run_id": self.run_id,
+            "failed_at": None,
+            "last_error": None,
+        }
+        if too_old:
+            # Re-dating usage into Stripe's window would bill it in the wrong
+            # period; it fails, visibly, for a person to settle.
+            row.update(
+                status="failed",
+                failed_at=now,
+                last_error=(
+                    f"{len(group.ids)} usage events occurred more than "
+                    f"{STRIPE_MAX_EVENT_AGE.days} days ago (the oldest at "
+                    f"{group.oldest.astimezone(UTC):%Y-%m-%d %H:%M} UTC); Stripe refuses meter "
+                    "events older "
+                    f"than {STRIPE_MAX_EVENT_AGE.days} days, so this usage cannot be billed "
+                    "through the meter"
+                ),
+            )
+        return row
+
+    def _set_events(self, statement: Any, ids: Sequence[str], values: dict[str, Any]) -> None:
+        result = self.session.execute(statement, {**values, "ids": self.statements.ids(ids)})
+        # The claimed rows are locked (PostgreSQL) or the database is (SQLite):
+        # every one of them must change, or the claim is wrong and rolls back.
+        if result.rowcount != len(ids):  # type: ignore[attr-defined]
+            raise RuntimeError(
+                f"claimed {len(ids)} usage events but updated {result.rowcount}"  # type: ignore[attr-defined]
+            )
+
+    # -- sending ---------------------------------------------------------
+
+    def send_pending(self) -> None:
+        """Send every pending batch after ``cursor``, oldest first, within the budget."""
+        while self.error is None and self.remaining() > 0:
+            batch = self._lock_next_batch(
+                UsageReportBatch.id > self.cursor, order=True, skip_locked=True
+            )
+            if batch is None:
+                self.session.rollback()
+                return
+            self.cursor = batch.id
+            self._handle(batch, wait_for_customer=False)
+
+    def send_deferred(self) -> None:
+        """Send the batches put aside while another run was busy with their customer."""
+        for batch_id in self.deferred:
+            if self.error is not None or self.remaining() <= 0:
+                return
+            batch = self._lock_next_batch(UsageReportBatch.id == batch_id, skip_locked=True)
+            if batch is None:
+                self.session.rollback()  # sent meanwhile, or being sent right now
+                continue
+            self._handle(batch, wait_for_customer=True)
+
+    def _lock_next_batch(
+        self, condition: Any, *, order: bool = False, skip_locked: bool
+    ) -> UsageReportBatch | None:
+        query = (
+            select(UsageReportBatch)
+            .where(UsageReportBatch.status == "pending", condition)
+            .limit(1)
+            .with_for_update(skip_locked=skip_locked)
+            .execution_options(populate_existing=True)
+        )
+        if order:
+            query = query.order_by(UsageReportBatch.id)
+        return self.session.scalars(query).first()
+
+    def _handle(self, batch: UsageReportBatch, *, wait_for_customer: bool) -> None:
+        """Send one locked batch and settle it, in the transaction that holds its lock."""
+        session = self.session
+        now = self.now()
+        oldest_allowed = now - STRIPE_MAX_EVENT_AGE + SEND_AGE_MARGIN
+        if batch.meter_timestamp < oldest_allowed:
+            self._fail(
+                batch,
+                f"its timestamp {batch.meter_timestamp:%Y-%m-%d %H:%M:%S} UTC is now more than "
+                f"{STRIPE_MAX_EVENT_AGE.days} days old; Stripe refuses meter events older than "
+                f"{STRIPE_MAX_EVENT_AGE.days} days, so this usage cannot be billed through the "
+                "meter",
+                now,
+            )
+            session.commit()
+            return
+        if now - batch.queued_at > DEDUPE_SAFE_AGE:
+            self._fail(
+                batch,
+                f"pending since {batch.queued_at:%Y-%m-%d %H:%M} UTC, longer than Stripe is sure "
+                f"to remember identifiers (24 h); if an earlier attempt reached Stripe, sending "
+                f"it again would bill it twice. Look for identifier {batch.identifier} among the "
+                f"customer's meter events at Stripe before recovering it (README, "Recovering failed batches")",
+                now,
+            )
+            session.commit()
+            return
+        if not self._lock_customer(batch, wait=wait_for_customer):
+            session.rollback()
+            self.deferred.append(batch.id)
+            return
+        if self.remaining() <= 0:
+            session.rollback()
+            return
+
+        delivery, attempts = self._deliver(batch)
+        self._settle(batch, delivery, attempts)
+
+    def _lock_customer(self, batch: UsageReportBatch, *, wait: bool) -> bool:
+        """At most one request in flight per customer and meter, across runs and machines."""
+        if self.dialect != "postgresql":
+            return True  # one run at a time, sending one batch at a time
+        digest = hashlib.blake2b(
+            f"{batch.stripe_customer_id}\0{batch.event_name}".encode(), digest_size=4
+        ).digest()
+        key = int.from_bytes(digest, "big", signed=True)
+        params = {"namespace": _CUSTOMER_LOCK_NAMESPACE, "key": key}
+        if wait:
+            self.session.execute(text("SELECT pg_advisory_xact_lock(:namespace, :key)"), params)
+            return True
+        acquired = self.session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:namespace, :key)"), params
+        )
+        return bool(acquired)
+
+    def _deliver(self, batch: UsageReportBatch) -> tuple[Delivery, int]:
+        """Send the batch's meter event, retrying what may be retried within the budget."""
+        event = MeterEvent(
+            event_name=batch.event_name,
+            stripe_customer_id=batch.stripe_customer_id,
+            value=batch.value,
+            identifier=batch.identifier,
+            timestamp=int(batch.meter_timestamp.timestamp()),
+        )
+        attempts = 0
+        while True:
+            delivery = self.gateway.send(event)
+            attempts += 1
+            if delivery.status is not DeliveryStatus.RETRYABLE:
+                return delivery, attempts
+            if attempts >= self.options.max_attempts:
+                return delivery, attempts
+            delay = self._backoff(attempts, delivery.retry_after)
+            if delay >= self.remaining():
+                return delivery, attempts
+            self.counts["retried"] += 1
+            self.sleep(delay)
+
+    def _backoff(self, attempts: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter, never shorter than Stripe's ``Retry-After``."""
+        ceiling = min(self.options.backoff_max, self.options.backoff_base * 2 ** (attempts - 1))
+        delay = self.random.uniform(ceiling / 2, ceiling)
+        return max(delay, retry_after or 0.0)
+
+    def _settle(self, batch: UsageReportBatch, delivery: Delivery, attempts: int) -> None:
+        """Write down what Stripe answered, and commit (which releases the batch's locks)."""
+        session = self.session
+        now = self.now()
+        batch.attempts += attempts
+        batch.last_attempt_at = now
+        batch.last_run_id = self.run_id
+        batch.last_http_status = delivery.http_status
+        if delivery.request_id:
+            batch.stripe_request_id = delivery.request_id
+        status = delivery.status
+        if status in (DeliveryStatus.ACCEPTED, DeliveryStatus.DUPLICATE):
+            batch.status = "sent"
+            batch.sent_at = now
+            batch.last_error = (
+                None
+                if status is DeliveryStatus.ACCEPTED
+                else f"delivered by an earlier attempt: {delivery.describe()}"
+            )
+            session.flush()
+            reported = session.execute(
+                self.statements.report_events, {"batch_id": batch.id, "now": now}
+            ).rowcount  # type: ignore[attr-defined]
+            self.counts["batches_sent"] += 1
+            self.counts["events_reported"] += reported
+            self.counts["value_sent"] += batch.value
+            self.progress(reported)
+        elif status is DeliveryStatus.REJECTED:
+            self._fail(batch, f"Stripe refused the meter event: {delivery.describe()}", now)
+        elif status is DeliveryStatus.UNAUTHORIZED:
+            batch.last_error = f"Stripe refused the API key: {delivery.describe()}"
+            self.error = (
+                f"Stripe refused STRIPE_API_KEY ({delivery.describe()}); nothing more was sent "
+                "and the batch stays pending"
+            )
+        else:
+            batch.last_error = f"will be sent again: {delivery.describe()}"
+        if self.dialect == "postgresql":
+            # This commit may skip waiting for the disk. If the database lost it
+            # in a crash, the batch would simply be pending again and be resent
+            # with the same identifier, which Stripe recognises. (The claim's
+            # commit, written before Stripe is called, always waits.)
+            session.execute(text("SET LOCAL synchronous_commit = off"))
+        session.commit()
+
+    def _fail(self, batch: UsageReportBatch, reason: str, now: datetime) -> None:
+        batch.status = "failed"
+        batch.failed_at = now
+        batch.last_error = reason
+        batch.last_run_id = self.run_id
+        self.counts["failed"] += 1
+        self.progress(batch.event_count)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The reporter's SQL for one dialect."""
+
+    fetch_claim: Callable[[Session, int], Sequence[Any]]
+    """Locks and returns up to ``limit`` pending events with what classifying them needs."""
+    skip_events: Any
+    batch_events: Any
+    report_events: Any
+    ids: Callable[[Sequence[str]], str]
+    """Encodes event ids for the ``:ids`` parameter: one string, whatever their number."""
+
+
+_CLAIM_SQL = """
+    SELECT {event_id}, c.quantity, c.occurred_at, c.period_start, c.period_end, c.event_type,
+        c.plan_id, c.stripe_reported_at IS NOT NULL AS already_reported,
+        CASE WHEN c.organization_id IS NULL THEN s.stripe_customer_id
+            ELSE o.stripe_customer_id END AS customer
+    FROM (
+        SELECT id, organization_id, user_id, quantity, occurred_at, period_start, period_end,
+            event_type, plan_id, stripe_reported_at
+        FROM usage_events
+        WHERE report_status = 'pending'
+        ORDER BY organization_id, user_id, period_start
+        LIMIT {limit}
+        {lock}
+    ) AS c
+    LEFT JOIN user_subscriptions AS s ON c.organization_id IS NULL AND s.user_id = c.user_id
+    LEFT JOIN organizations AS o ON o.id = c.organization_id
+"""
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    """The reporter's statements for one SQL dialect, built once."""
+    if dialect not in ("postgresql", "sqlite"):
+        raise NotImplementedError(f"reporting usage is not supported on {dialect}")
+    when = UTCDateTime()
+    if dialect == "postgresql":
+        claim_sql = _CLAIM_SQL.format(
+            event_id="c.id::text AS id", limit="%(limit)s", lock="FOR UPDATE SKIP LOCKED"
+        )
+
+        def fetch_claim(session: Session, limit: int) -> Sequence[Any]:
+            # A claim reads up to --batch-size rows: straight from the driver's
+            # cursor, without SQLAlchemy's per-value processing (times come
+            # back aware, in the server's zone, which compares correctly).
+            cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(claim_sql, {"limit": limit})
+                return cursor.fetchall()
+            finally:
+                cursor.close()
+
+        # An array literal of canonical UUID text: one parameter, no per-id encoding.
+        in_ids = "id = ANY(CAST(:ids AS uuid[]))"
+
+        def encode(ids: Sequence[str]) -> str:
+            return "{" + ",".join(ids) + "}"
+    else:
+        claim = text(_CLAIM_SQL.format(event_id="c.id", limit=":limit", lock="")).columns(
+            id=String(),  # the Uuid type's storage on SQLite: 32 hex digits
+            quantity=Integer(),
+            occurred_at=when,
+            period_start=when,
+            period_end=when,
+            event_type=String(),
+            plan_id=String(),
+            already_reported=Integer(),
+            customer=String(),
+        )
+
+        def fetch_claim(session: Session, limit: int) -> Sequence[Any]:
+            return session.execute(claim, {"limit": limit}).all()
+
+        # One JSON parameter instead of thousands of placeholders.
+        in_ids = "id IN (SELECT value FROM json_each(:ids))"
+
+        def encode(ids: Sequence[str]) -> str:
+            return json.dumps(list(ids))
+
+    skip_events = text(
+        "UPDATE usage_events SET report_status = 'skipped', report_skip_reason = :reason "
+        f"WHERE {in_ids} AND report_status = 'pending'"
+    )
+    batch_events = text(
+        "UPDATE usage_events SET report_status = 'batched', report_batch_id = :batch_id "
+        f"WHERE {in_ids} AND report_status = 'pending'"
+    )
+    # Only stripe_reported_at changes: no index reads it, so PostgreSQL can
+    # update the rows in place (HOT) without touching any index.
+    report_events = text(
+        "UPDATE usage_events SET stripe_reported_at = :now "
+        "WHERE report_batch_id = :batch_id AND stripe_reported_at IS NULL"
+    ).bindparams(bindparam("now", type_=when))
+    return _Statements(fetch_claim, skip_events, batch_events, report_events, encode)
+
+
+__all__ = [
+    "DEDUPE_SAFE_AGE",
+    "STRIPE_MAX_EVENT_AGE",
+    "ReportOptions",
+    "ReportSummary",
+    "SkipReason",
+    "meter_timestamp",
+    "report_usage",
+    "requeue_failed_batches",
+    "skip_reason",
+]

@@ -1,0 +1,523 @@
+"""A local stand-in for Stripe's meter-event endpoint, for tests and benchmarks.
+
+No offline Stripe server knows Billing Meters, so this one implements what the
+reporter relies on, the way Stripe answers it:
+
+* ``POST /v1/billing/meter_events`` (form-encoded, ``Authorization: Bearer``);
+* identifier dedupe: a repeated identifier gets HTTP 400
+  ``invalid_request_error`` "An event already exists with identifier …" and
+  ``Stripe-Should-Retry: false``;
+* the timestamp window (35 days back, 5 minutes ahead), whole-number values,
+  unknown customers, error bodies in Stripe's ``{"error": {...}}`` shape and a
+  ``Request-Id`` header on every answer;
+* one request at a time per customer and meter (a second concurrent one gets
+  429, as in live mode);
+* scriptable faults, consumed one per request in order: 500/503 before
+  recording, 500 after recording, 429 with ``Retry-After``, a reply slower than
+  the client's timeout after the event was recorded, a connection dropped
+  after the event was recorded, and a reply held until the test releases it
+  (to kill a reporter while Stripe has accepted its event).
+
+The real ``stripe`` library talks to it over HTTP; tests read its state in
+process (``events``, ``totals()``, ``requests``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+MAX_PAST = timedelta(days=35)
+MAX_FUTURE = timedelta(minutes=5)
+MAX_LENGTH = 100
+METER_EVENTS_PATH = "/v1/billing/meter_events"
+
+
+class FaultKind(enum.StrEnum):
+    ERROR = "error"
+    """Answer ``status`` without recording the event."""
+    ERROR_AFTER_RECORD = "error_after_record"
+    """Record the event, then answer ``status`` anyway."""
+    RATE_LIMITED = "rate_limited"
+    """429 with ``Retry-After``, nothing recorded."""
+    SLOW_AFTER_RECORD = "slow_after_record"
+    """Record the event, wait ``delay`` seconds (past the client's timeout), then answer."""
+    DROP_AFTER_RECORD = "drop_after_record"
+    """Record the event, then close the connection without an answer."""
+    HOLD_AFTER_RECORD = "hold_after_record"
+    """Record the event, then hold the answer until ``release()``; then drop the connection."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind
+    status: int = 500
+    retry_after: float | None = None
+    delay: float = 0.0
+    customer: str | None = None
+    """Only a request for this customer triggers the fault (any request when ``None``)."""
+
+    @classmethod
+    def server_error(cls, status: int = 500, customer: str | None = None) -> Fault:
+        return cls(FaultKind.ERROR, status=status, customer=customer)
+
+    @classmethod
+    def error_after_record(cls, status: int = 500, customer: str | None = None) -> Fault:
+        return cls(FaultKind.ERROR_AFTER_RECORD, status=status, customer=customer)
+
+    @classmethod
+    def rate_limited(cls, retry_after: float = 1.0, customer: str | None = None) -> Fault:
+        return cls(FaultKind.RATE_LIMITED, status=429, retry_after=retry_after, customer=customer)
+
+    @classmethod
+    def slow_after_record(cls, delay: float, customer: str | None = None) -> Fault:
+        return cls(FaultKind.SLOW_AFTER_RECORD, delay=delay, customer=customer)
+
+    @classmethod
+    def dropped_after_record(cls, customer: str | None = None) -> Fault:
+        return cls(FaultKind.DROP_AFTER_RECORD, customer=customer)
+
+    @classmethod
+    def held_after_record(cls, customer: str | None = None) -> Fault:
+        return cls(FaultKind.HOLD_AFTER_RECORD, customer=customer)
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    identifier: str
+    event_name: str
+    stripe_customer_id: str
+    value: int
+    timestamp: int
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """One request as the stand-in saw it, and what it answered."""
+
+    identifier: str | None
+    stripe_customer_id: str | None
+    status: int | None
+    """HTTP status answered; ``None`` when the connection was dropped."""
+    fault: FaultKind | None
+    recorded: bool
+
+
+class ApiError(Exception):
+    """An answer in Stripe's error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body: dict[str, Any] = {"type": type_, "message": message}
+        if code:
+            self.body["code"] = code
+        if param:
+            self.body["param"] = param
+        self.headers = headers or {}
+
+
+@dataclass
+class _State:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    events: dict[str, RecordedEvent] = field(default_factory=dict)
+    requests: list[ReceivedRequest] = field(default_factory=list)
+    faults: deque[Fault] = field(default_factory=deque)
+    in_flight: Counter[tuple[str, str]] = field(default_factory=Counter)
+    max_in_flight: int = 0
+
+
+class StripeStandIn:
+    """The stand-in server on a loopback port; ``url`` goes to ``STRIPE_API_BASE``."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+        record_requests: bool = True,
+        processing_delay: float = 0.001,
+        port: int = 0,
+    ) -> None:
+        self.api_key = api_key
+        """When set, other keys get 401; otherwise any sk_/rk_ key is accepted."""
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.missing_customers: set[str] = set()
+        """Customers Stripe does not know: their events get 400 resource_missing."""
+        self.record_requests = record_requests
+        self.processing_delay = processing_delay
+        """Seconds each accepted event takes to process: concurrent requests overlap."""
+        self.held = threading.Event()
+        """Set when a ``held_after_record`` fault has recorded its event and is holding."""
+        self._release = threading.Event()
+        self._state = _State()
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        self._server.daemon_threads = True
+        self._server.standin = self  # type: ignore[attr-defined]
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> StripeStandIn:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="stripe-standin", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    @contextmanager
+    def running(self) -> Iterator[StripeStandIn]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    # -- scripting -------------------------------------------------------
+
+    def add_faults(self, *faults: Fault) -> None:
+        with self._state.lock:
+            self._state.faults.extend(faults)
+
+    def release(self) -> None:
+        """Let a held reply go (the connection is then dropped)."""
+        self._release.set()
+
+    # -- inspection ------------------------------------------------------
+
+    @property
+    def events(self) -> list[RecordedEvent]:
+        with self._state.lock:
+            return list(self._state.events.values())
+
+    @property
+    def requests(self) -> list[ReceivedRequest]:
+        with self._state.lock:
+            return list(self._state.requests)
+
+    @property
+    def pending_faults(self) -> int:
+        with self._state.lock:
+            return len(self._state.faults)
+
+    @property
+    def max_in_flight_per_customer(self) -> int:
+        """The most requests ever processed at once for one customer and meter."""
+        with self._state.lock:
+            return self._state.max_in_flight
+
+    def totals(self) -> dict[str, int]:
+        """The sum of recorded values per customer, as the meter would aggregate it."""
+        totals: Counter[str] = Counter()
+        for event in self.events:
+            totals[event.stripe_customer_id] += event.value
+        return dict(totals)
+
+    # -- request handling (called from the handler threads) -------------
+
+    def _take_fault(self, customer: str | None) -> Fault | None:
+        with self._state.lock:
+            for fault in self._state.faults:
+                if fault.customer is None or fault.customer == customer:
+                    self._state.faults.remove(fault)
+                    return fault
+        return None
+
+    def _log(self, request: ReceivedRequest) -> None:
+        if self.record_requests:
+            with self._state.lock:
+                self._state.requests.append(request)
+
+    def _check_key(self, authorization: str | None) -> None:
+        key = (authorization or "").removeprefix("Bearer ").strip()
+        valid = key == self.api_key if self.api_key else key.startswith(("sk_", "rk_"))
+        if not valid:
+            shown = f"{key[:8]}****{key[-4:]}" if len(key) > 12 else "****"
+            raise ApiError(401, f"Invalid API Key provided: {shown}")
+
+    def _validate(self, form: dict[str, str]) -> RecordedEvent:
+        """The meter event a request asks for, or the ``ApiError`` Stripe would answer."""
+        for name in ("event_name", "payload[stripe_customer_id]", "payload[value]"):
+            if not form.get(name):
+                raise ApiError(
+                    400, f"Missing required param: {name}.", code="parameter_missing", param=name
+                )
+        event_name = form["event_name"]
+        customer = form["payload[stripe_customer_id]"]
+        raw_value = form["payload[value]"]
+        identifier = form.get("identifier") or f"standin_{secrets.token_hex(12)}"
+        for name, text in (("event_name", event_name), ("identifier", identifier)):
+            if len(text) > MAX_LENGTH:
+                raise ApiError(
+                    400,
+                    f"Invalid string: {text[:20]}...; must be at most {MAX_LENGTH} characters",
+                    code="string_length_exceeds_maximum",
+                    param=name,
+                )
+        if not (raw_value.isascii() and raw_value.isdigit()):
+            raise ApiError(
+                400,
+                f"The value `{raw_value}` for `payload[value]` must be a whole number.",
+                code="parameter_invalid_integer",
+                param="payload[value]",
+            )
+        now = self.clock()
+        raw_timestamp = form.get("timestamp") or str(int(now.timestamp()))
+        try:
+            timestamp = int(raw_timestamp)
+        except ValueError:
+            raise ApiError(
+                400,
+                f"Invalid integer: {raw_timestamp}",
+                code="parameter_invalid_integer",
+                param="timestamp",
+            ) from None
+        if timestamp < (now - MAX_PAST).timestamp():
+            raise ApiError(
+                400,
+                "The event timestamp cannot be more than 35 days in past. Please provide a "
+                "timestamp that is within the last 35 days.",
+                code="timestamp_too_far_in_past",
+                param="timestamp",
+            )
+        if timestamp > (now + MAX_FUTURE).timestamp():
+            raise ApiError(
+                400,
+                "The event timestamp cannot be more than 5 minutes in the future.",
+                code="timestamp_in_future",
+                param="timestamp",
+            )
+        if customer in self.missing_customers:
+            raise ApiError(
+                400,
+                f"No such customer: '{customer}'",
+                code="resource_missing",
+                param="payload[stripe_customer_id]",
+            )
+        return RecordedEvent(identifier, event_name, customer, int(raw_value), timestamp, now)
+
+    def _record(self, event: RecordedEvent) -> None:
+        with self._state.lock:
+            if event.identifier in self._state.events:
+                raise ApiError(
+                    400,
+                    f"An event already exists with identifier {event.identifier}.",
+                    headers={"Stripe-Should-Retry": "false"},
+                )
+            self._state.events[event.identifier] = event
+
+    @contextmanager
+    def _one_at_a_time(self, customer: str, event_name: str) -> Iterator[None]:
+        key = (customer, event_name)
+        with self._state.lock:
+            self._state.in_flight[key] += 1
+            busy = self._state.in_flight[key] > 1
+            self._state.max_in_flight = max(self._state.max_in_flight, self._state.in_flight[key])
+        try:
+            if busy:
+                raise ApiError(
+                    429,
+                    "This request conflicts with another in flight for the same customer and "
+                    "meter; retry after it completes.",
+                    code="rate_limit",
+                    headers={"Retry-After": "1"},
+                )
+            if self.processing_delay:
+                time.sleep(self.processing_delay)
+            yield
+        finally:
+            with self._state.lock:
+                self._state.in_flight[key] -= 1
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "stripe-standin"
+    # Headers and body leave in one segment: otherwise Nagle's algorithm and
+    # the client's delayed ACK add 40 ms to every call.
+    disable_nagle_algorithm = True
+    wbufsize = 64 * 1024
+
+    @property
+    def standin(self) -> StripeStandIn:
+        return self.server.standin  # type: ignore[attr-defined,no-any-return]
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._answer(
+            404, _error_body(ApiError(404, f"Unrecognized request URL (GET: {self.path})."))
+        )
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode("utf-8") if length else ""
+        form = {name: values[-1] for name, values in parse_qs(body, keep_blank_values=True).items()}
+        identifier = form.get("identifier")
+        customer = form.get("payload[stripe_customer_id]")
+        standin = self.standin
+        if self.path.split("?")[0] != METER_EVENTS_PATH:
+            error = ApiError(404, f"Unrecognized request URL (POST: {self.path}).")
+            self._answer(404, _error_body(error))
+            return
+        fault: Fault | None = None
+        recorded = False
+        try:
+            standin._check_key(self.headers.get("Authorization"))
+            fault = standin._take_fault(customer)
+            if fault is not None and fault.kind is FaultKind.ERROR:
+                raise _fault_error(fault)
+            if fault is not None and fault.kind is FaultKind.RATE_LIMITED:
+                raise ApiError(
+                    429,
+                    "Request rate limit exceeded. Learn more about rate limits here "
+                    "https://stripe.com/docs/rate-limits.",
+                    code="rate_limit",
+                    headers={"Retry-After": f"{fault.retry_after or 1:g}"},
+                )
+            event = standin._validate(form)
+            with standin._one_at_a_time(event.stripe_customer_id, event.event_name):
+                standin._record(event)
+            recorded = True
+        except ApiError as error:
+            standin._log(ReceivedRequest(identifier, customer, error.status, _kind(fault), False))
+            self._answer(error.status, _error_body(error), error.headers)
+            return
+
+        kind = _kind(fault)
+        if fault is not None and fault.kind is FaultKind.ERROR_AFTER_RECORD:
+            standin._log(ReceivedRequest(identifier, customer, fault.status, kind, recorded))
+            self._answer(fault.status, _error_body(_fault_error(fault)))
+            return
+        if fault is not None and fault.kind in (
+            FaultKind.DROP_AFTER_RECORD,
+            FaultKind.HOLD_AFTER_RECORD,
+        ):
+            standin._log(ReceivedRequest(identifier, customer, None, kind, recorded))
+            if fault.kind is FaultKind.HOLD_AFTER_RECORD:
+                standin.held.set()
+                standin._release.wait(timeout=120)
+            self._drop()
+            return
+        if fault is not None and fault.kind is FaultKind.SLOW_AFTER_RECORD:
+            time.sleep(fault.delay)
+        standin._log(ReceivedRequest(identifier, customer, 200, kind, recorded))
+        self._answer(200, _meter_event_body(event))
+
+    def _answer(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        payload = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Request-Id", f"req_{secrets.token_hex(7)}")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+        except OSError:
+            # The client gave up (its timeout) before the answer: as at Stripe,
+            # the event stays recorded.
+            self.close_connection = True
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _kind(fault: Fault | None) -> FaultKind | None:
+    return fault.kind if fault is not None else None
+
+
+def _fault_error(fault: Fault) -> ApiError:
+    if fault.status == 503:
+        return ApiError(503, "Stripe is temporarily unavailable.", type_="api_error")
+    return ApiError(
+        fault.status,
+        "An unknown error occurred. Please retry the request.",
+        type_="api_error",
+    )
+
+
+def _error_body(error: ApiError) -> dict[str, Any]:
+    return {"error": error.body}
+
+
+def _meter_event_body(event: RecordedEvent) -> dict[str, Any]:
+    return {
+        "object": "billing.meter_event",
+        "created": int(event.received_at.timestamp()),
+        "event_name": event.event_name,
+        "identifier": event.identifier,
+        "livemode": False,
+        "payload": {"stripe_customer_id": event.stripe_customer_id, "value": str(event.value)},
+        "timestamp": event.timestamp,
+    }
+
+
+def main() -> None:
+    """Serve the stand-in until interrupted: ``python -m tests.stripe_standin [--port N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=12111)
+    arguments = parser.parse_args()
+    # SIGTERM (kill, a service manager) stops it as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    standin = StripeStandIn(port=arguments.port).start()
+    print(f"Stripe stand-in on {standin.url} (STRIPE_API_BASE={standin.url}); Ctrl-C stops it.")
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        standin.stop()
+        print(f"Received {len(standin.events)} meter events; totals: {standin.totals()}")
+
+
+if __name__ == "__main__":
+    main()
