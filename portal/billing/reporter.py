@@ -635,7 +635,8 @@ class _Run:
                 f"pending since {batch.queued_at:%Y-%m-%d %H:%M} UTC, longer than Stripe is sure "
                 f"to remember identifiers (24 h); if an earlier attempt reached Stripe, sending "
                 f"it again would bill it twice. Look for identifier {batch.identifier} among the "
-                f"customer's meter events at Stripe before recovering it (README, "Recovering failed batches")",
+                "customer's meter events at Stripe before recovering it "
+                "(README: Recovering failed batches)",
                 now,
             )
             session.commit()
