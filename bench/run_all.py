@@ -1,7 +1,9 @@
 """Run every benchmark and write ``docs/benchmarks.md``: ``make bench``.
 
-Each benchmark module has a ``run()`` that returns its markdown section. The
-sections are printed as they come and written together, under a short
+Each benchmark module has a ``run()`` that returns its markdown section, and may
+have a ``check()`` that fails fast when a tool it needs is missing: every
+``check()`` runs before the first benchmark starts. The sections are printed as
+they come and written together, under a short
 description of the machine, once all of them succeeded; on an error the
 previous ``docs/benchmarks.md`` is left as it was and the exit code is 1.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-BENCHMARKS = ("bench.record_usage",)
+BENCHMARKS = ("bench.record_usage", "bench.api", "bench.reporter", "bench.portal")
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -85,8 +87,19 @@ Rerun: `make bench`.
 def main() -> int:
     started = datetime.now(UTC)
     sections: list[str] = []
-    for name in BENCHMARKS:
-        module = importlib.import_module(name)
+    modules = [importlib.import_module(name) for name in BENCHMARKS]
+    for name, module in zip(BENCHMARKS, modules, strict=True):
+        check = getattr(module, "check", None)
+        if check is None:
+            continue
+        try:
+            check()
+        except Exception as error:
+            print(f"error: benchmark {name} cannot run: {error}", file=sys.stderr)
+            if not isinstance(error, getattr(module, "BenchmarkError", ())):
+                traceback.print_exc()
+            return 1
+    for name, module in zip(BENCHMARKS, modules, strict=True):
         try:
             section: str = module.run()
         except Exception as error:
