@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -33,6 +33,8 @@ class ApiKeyInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    refreshed: bool = False
+    """True when ``authenticate`` just wrote ``last_used_at`` (the caller commits it)."""
 
 
 def hash_key(key: str) -> str:
@@ -78,6 +80,7 @@ def authenticate(session: Session, key: str, now: datetime) -> ApiKeyInfo | None
         return None
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+        return replace(_info(row), refreshed=True)
     return _info(row)
 
 

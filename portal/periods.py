@@ -11,6 +11,7 @@ months.
 from __future__ import annotations
 
 import calendar
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -80,6 +81,7 @@ def _period_at(anchor: datetime, index: int) -> BillingPeriod:
     )
 
 
+@functools.lru_cache(maxsize=8192)
 def period_containing(moment: datetime, anchor: datetime | None = None) -> BillingPeriod:
     """The billing period that contains ``moment``.
 

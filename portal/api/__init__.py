@@ -73,7 +73,8 @@ def require_api_key() -> None:
             "Send a valid API key as 'Authorization: Bearer <key>'.",
             headers={"WWW-Authenticate": 'Bearer realm="usage-api"'},
         )
-    db.session.commit()  # keeps last_used_at, when it changed
+    if info.refreshed:
+        db.session.commit()  # at most once a minute: keeps last_used_at
     g.api_key = info
     request.max_content_length = (
         BATCH_BODY_LIMIT if request.endpoint == "api.record_usage_events" else EVENT_BODY_LIMIT

@@ -16,6 +16,7 @@ batches queue instead of deadlocking.
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from portal.models import UsageEvent
@@ -146,17 +147,10 @@ def _same_usage(first: BatchItem, other: BatchItem) -> bool:
 
 
 def _insert_events(session: Session, pending: list[_Pending], now: datetime) -> set[uuid.UUID]:
-    """Insert the events; the ids of those whose idempotency key was new."""
+    """Insert the events in key order; the ids of those whose idempotency key was new."""
     if not pending:
         return set()
     connection = session.connection()
-    insert: Any = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    events = UsageEvent.__table__
-    statement = (
-        insert(events)
-        .on_conflict_do_nothing(index_elements=[events.c.idempotency_key])
-        .returning(events.c.id)
-    )
     rows = [
         {
             "id": p.event_id,
@@ -174,7 +168,51 @@ def _insert_events(session: Session, pending: list[_Pending], now: datetime) -> 
         }
         for p in sorted(pending, key=lambda p: p.request.idempotency_key)
     ]
+    if connection.dialect.name == "postgresql":
+        return _insert_events_from_json(connection, rows)
+    events = UsageEvent.__table__
+    statement = (
+        sqlite.insert(events)
+        .on_conflict_do_nothing(index_elements=[events.c.idempotency_key])
+        .returning(events.c.id)
+    )
     return set(connection.execute(statement, rows).scalars())
+
+
+# PostgreSQL takes the whole batch as one JSON parameter: a 12,000-parameter
+# INSERT cost more to build and parse than to execute.
+_INSERT_EVENTS_FROM_JSON = """
+    INSERT INTO usage_events (id, user_id, organization_id, plan_id, event_type, quantity,
+        idempotency_key, occurred_at, recorded_at, period_start, period_end, metadata)
+    SELECT id, user_id, organization_id, plan_id, event_type, quantity,
+        idempotency_key, occurred_at, recorded_at, period_start, period_end, metadata
+    FROM json_to_recordset(%(rows)s::json) AS r(
+        id uuid, user_id integer, organization_id integer, plan_id text, event_type text,
+        quantity integer, idempotency_key text, occurred_at timestamptz,
+        recorded_at timestamptz, period_start timestamptz, period_end timestamptz,
+        metadata json)
+    ORDER BY idempotency_key
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+"""
+
+
+def _insert_events_from_json(connection: Any, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
+    payload = json.dumps(rows, default=_json_value)
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(_INSERT_EVENTS_FROM_JSON, {"rows": payload})
+        return {row[0] for row in cursor.fetchall()}
+    finally:
+        cursor.close()
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot send {type(value).__name__} as JSON")
 
 
 def _settle_existing_keys(
