@@ -45,9 +45,8 @@ def _periods(org: Organization) -> list[BillingPeriod]:
     return [current.shifted(-offset) for offset in range(PICKER_PERIODS)]
 
 
-def _chosen_period(org: Organization) -> BillingPeriod:
+def _chosen_period(periods: list[BillingPeriod]) -> BillingPeriod:
     """The period named by ``?period=YYYY-MM-DD`` (its start day); the current one by default."""
-    periods = _periods(org)
     wanted = request.args.get("period", "")
     if not wanted:
         return periods[0]
@@ -77,7 +76,8 @@ def _table_state() -> tuple[MemberSort, bool, str, int]:
 def usage(slug: str) -> str:
     """The pool, totals and the member table; the table region alone for HTMX."""
     org = _organization(slug)
-    period = _chosen_period(org)
+    periods = _periods(org)
+    period = _chosen_period(periods)
     sort, descending, search, page = _table_state()
     summary = get_org_usage_summary(
         db.session(),
@@ -91,7 +91,7 @@ def usage(slug: str) -> str:
     )
     if summary.rows == [] and page > summary.page_count:
         abort(404)
-    context = {"summary": summary, "periods": _periods(org), "period": period}
+    context = {"summary": summary, "periods": periods, "period": period}
     partial = request.headers.get("HX-Request") and not request.headers.get(
         "HX-History-Restore-Request"
     )
@@ -105,7 +105,7 @@ def usage(slug: str) -> str:
 def usage_csv(slug: str) -> Response:
     """Every member's row for the chosen period, streamed as CSV."""
     org = _organization(slug)
-    period = _chosen_period(org)
+    period = _chosen_period(_periods(org))
     sort, descending, search, _ = _table_state()
     rows = iter_org_member_usage(
         db.session(), org, period, sort=sort, descending=descending, search=search
