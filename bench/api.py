@@ -49,7 +49,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +66,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from bench.processes import free_port as _free_port
+from bench.processes import log_tail as _log_tail
+from bench.processes import stat_fields as _stat_fields
+from bench.processes import stop_server
 from bench.record_usage import (
     LATENCY_LINE,
     TPS_LINE,
@@ -635,15 +638,6 @@ def other_activity(admin: Engine) -> int:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/PID/stat`` after the command name: state, ppid, …; ``None`` once gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()
-
-
 def _tree_cpu(pid: int | None) -> float:
     """CPU seconds of a process, its ended children and its live children."""
     if pid is None:
@@ -744,19 +738,6 @@ class Server:
     api_key: str
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 @contextmanager
 def gunicorn(
     setting: ServerSetting, database_url: str, api_key: str, workdir: Path
@@ -821,24 +802,6 @@ def _wait_until_answering(process: subprocess.Popen[bytes], base_url: str, log: 
     raise BenchmarkError(
         f"gunicorn did not answer within {SERVER_START_TIMEOUT:.0f} s:\n{_log_tail(log)}"
     )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the master (graceful), then SIGKILL to its process group if need be."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=SERVER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # workers left behind, if any
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        process.wait(timeout=SERVER_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        _log(f"gunicorn (pid {process.pid}) did not exit after SIGKILL")
 
 
 def smoke_test(server: Server) -> None:
@@ -1230,6 +1193,10 @@ def _warn_if_disturbed(label: str, use: CpuUse) -> None:
             f"warning: {label}: up to {use.others_share:.0%} of the busy CPU went to other "
             "programs; figures will be skewed"
         )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    stop_server(process, SERVER_STOP_TIMEOUT, _log)
 
 
 def _log(message: str) -> None:

@@ -78,6 +78,10 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
+from bench.processes import free_port as _free_port
+from bench.processes import log_tail as _log_tail
+from bench.processes import stat_fields as _stat_fields
+from bench.processes import stop_server
 from bench.record_usage import (
     BenchmarkError,
     _admin_engine,
@@ -380,6 +384,10 @@ def check() -> None:
     load_settings()
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    stop_server(process, SERVER_STOP_TIMEOUT, _log)
+
+
 def _log(message: str) -> None:
     print(f"[portal] {message}", file=sys.stderr, flush=True)
 
@@ -645,15 +653,6 @@ def _load_organization(
 # -- processes: CPU and memory ------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/PID/stat`` after the command name: state, ppid, …; ``None`` once gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()
-
-
 def _cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
     seconds = {}
     for pid in pids:
@@ -761,19 +760,6 @@ class Server:
         return _children(self.pid)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 @contextmanager
 def gunicorn(settings: Settings, database_url: str, workdir: Path) -> Iterator[Server]:
     """Run the portal under gunicorn until the block ends; always stopped, in bounded time."""
@@ -825,24 +811,6 @@ def _wait_until_answering(process: subprocess.Popen[bytes], port: int, log: Path
     raise BenchmarkError(
         f"gunicorn did not answer within {SERVER_START_TIMEOUT:.0f} s:\n{_log_tail(log)}"
     )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the master (graceful), then SIGKILL to its process group if need be."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=SERVER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # workers left behind, if any
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        process.wait(timeout=SERVER_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        _log(f"gunicorn (pid {process.pid}) did not exit after SIGKILL")
 
 
 # -- an HTTP client that keeps Secure cookies over plain HTTP ---------------
