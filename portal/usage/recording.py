@@ -31,7 +31,16 @@ from portal.models import UsageEvent, UTCDateTime
 from portal.periods import as_utc
 from portal.plans import DEFAULT_EVENT_TYPE, EVENT_TYPES
 from portal.usage.status import UsageStatus, build_status, status_for
-from portal.usage.subjects import EffectivePlan, SubjectKind, resolve_effective_plan
+from portal.usage.subjects import (
+    EffectivePlan,
+    Resolution,
+    SubjectKind,
+    recent_resolution,
+    resolution_guard_parameters,
+    resolution_guard_sql,
+    resolve_again,
+    resolve_effective_plan,
+)
 
 MAX_QUANTITY = 10_000
 """Largest quantity one event may carry; more is a caller's bug, not usage."""
@@ -54,6 +63,10 @@ class InvalidUsage(ValueError):
 
 class IdempotencyKeyReused(ValueError):
     """The idempotency key was used before for a different user, type or quantity."""
+
+
+class PlanKeptChanging(RuntimeError):
+    """The user's plan changed under every attempt to record; nothing was recorded."""
 
 
 class RecordResult(enum.StrEnum):
@@ -158,14 +171,52 @@ def record_usage(
         occurred_at=occurred_at,
         metadata=metadata,
     )
-    effective = resolve_effective_plan(session, user)
-    return record_validated(session, effective, request, now)
+    return record_request(session, user, request, now)
+
+
+MAX_RESOLUTION_ATTEMPTS = 3
+"""Attempts to record against a plan that is changing at that very moment."""
+
+
+def record_request(
+    session: Session, user: int | str, request: UsageRequest, now: datetime
+) -> RecordOutcome:
+    """``record_usage`` for input already validated.
+
+    On PostgreSQL the plan comes from this process's last resolution of the
+    user, checked by the recording statement itself: it records only if the
+    resolution query still returns the same row at that moment, and otherwise
+    nothing is written and the plan is resolved again. So the plan in force
+    when the statement runs always governs, in one round trip.
+    """
+    if session.connection().dialect.name != "postgresql":
+        return record_validated(session, resolve_effective_plan(session, user), request, now)
+    resolution = recent_resolution(session, user)
+    for _ in range(MAX_RESOLUTION_ATTEMPTS):
+        outcome = _record(session, resolution.plan, request, now, resolution)
+        if outcome is not None:
+            return outcome
+        resolution = resolve_again(session, user)
+    raise PlanKeptChanging(f"the plan of {user!r} changed during each attempt to record usage")
 
 
 def record_validated(
     session: Session, effective: EffectivePlan, request: UsageRequest, now: datetime
 ) -> RecordOutcome:
     """``record_usage`` for input already validated and a user already resolved."""
+    outcome = _record(session, effective, request, now, None)
+    assert outcome is not None  # only a guarded statement can find its plan outdated
+    return outcome
+
+
+def _record(
+    session: Session,
+    effective: EffectivePlan,
+    request: UsageRequest,
+    now: datetime,
+    guard: Resolution | None,
+) -> RecordOutcome | None:
+    """Record under ``effective``; ``None`` when ``guard`` no longer holds (nothing written)."""
     period = effective.period_at(request.occurred_at)
     subject = effective.subject
     pooled = subject.kind is SubjectKind.ORGANIZATION
@@ -189,7 +240,9 @@ def record_validated(
     }
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        written = _write_in_one_statement(connection, effective, counts, values)
+        written = _write_in_one_statement(connection, effective, counts, values, guard)
+        if not written.plan_in_force:
+            return None
     else:
         written = _write_step_by_step(connection, effective, counts, values)
 
@@ -216,6 +269,8 @@ class _Written:
     used: int | None
     """The subject's new total; ``None`` when not counted or refused by the cap."""
     member_used: int | None
+    plan_in_force: bool = True
+    """False when a guarded statement found the plan changed: nothing was written."""
 
 
 def _write_step_by_step(
@@ -260,7 +315,11 @@ def _write_step_by_step(
 
 
 def _write_in_one_statement(
-    connection: Connection, effective: EffectivePlan, counts: bool, values: dict[str, Any]
+    connection: Connection,
+    effective: EffectivePlan,
+    counts: bool,
+    values: dict[str, Any],
+    guard: Resolution | None,
 ) -> _Written:
     """Event, total and member share in one round trip (PostgreSQL).
 
@@ -268,17 +327,25 @@ def _write_in_one_statement(
     statement straight on the driver's cursor: SQLAlchemy's per-execution
     work would cost more CPU than the database does.
     """
-    sql = _one_statement_sql(effective.subject.kind, effective.plan.is_hard_capped, counts)
+    sql = _one_statement_sql(
+        effective.subject.kind,
+        effective.plan.is_hard_capped,
+        counts,
+        guard.lookup if guard is not None else None,
+    )
     driver_values = {**values, "metadata": Json(values["metadata"]) if values["metadata"] else None}
+    if guard is not None:
+        driver_values |= resolution_guard_sql(guard.lookup)[1]
+        driver_values |= resolution_guard_parameters(guard)
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, driver_values)
         row = cursor.fetchone()
         assert row is not None  # the final SELECT always yields one row
-        event_id, used, member_used = row
+        plan_in_force, event_id, used, member_used = row
     finally:
         cursor.close()
-    return _Written(event_id is not None, used, member_used)
+    return _Written(event_id is not None, used, member_used, plan_in_force)
 
 
 EVENT_COLUMNS = (
@@ -298,25 +365,38 @@ EVENT_COLUMNS = (
 
 
 @functools.cache
-def _one_statement_sql(kind: SubjectKind, capped: bool, counts: bool) -> str:
+def _one_statement_sql(
+    kind: SubjectKind, capped: bool, counts: bool, guard_lookup: str | None
+) -> str:
     """PostgreSQL's recording statement: data-modifying CTEs, in psycopg's parameter style.
 
     ``total`` only adds when ``event`` inserted (a repeated key counts
     nothing); ``share`` only when ``total`` added (a refused usage counts
     nowhere). Locks come in the same order as everywhere else: key, total,
-    share.
+    share. With ``guard_lookup`` (``"id"`` or ``"email"``), ``event`` only
+    inserts while the resolution query still returns the row the caller
+    planned with (``resolution_guard_sql``); the first column says whether
+    it did.
     """
     column = "organization_id" if kind is SubjectKind.ORGANIZATION else "user_id"
     columns = ", ".join(EVENT_COLUMNS)
     placeholders = ", ".join(f"%({name})s" for name in EVENT_COLUMNS)
-    parts = [
+    parts = []
+    in_force = "TRUE"
+    if guard_lookup is None:
+        event_source = f"VALUES ({placeholders})"
+    else:
+        parts.append(resolution_guard_sql(guard_lookup)[0])
+        event_source = f"SELECT {placeholders} FROM plan_in_force"
+        in_force = "EXISTS (SELECT FROM plan_in_force)"
+    parts.append(
         f"""event AS (
-            INSERT INTO usage_events ({columns}) VALUES ({placeholders})
+            INSERT INTO usage_events ({columns}) {event_source}
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id
         )"""
-    ]
-    selected = ["(SELECT id FROM event)", "NULL::integer", "NULL::integer"]
+    )
+    selected = [in_force, "(SELECT id FROM event)", "NULL::integer", "NULL::integer"]
     if counts:
         admit = "WHERE %(quantity)s <= %(included)s" if capped else ""
         guard = "WHERE usage_records.used + excluded.used <= excluded.included" if capped else ""
@@ -336,7 +416,7 @@ def _one_statement_sql(kind: SubjectKind, capped: bool, counts: bool) -> str:
             RETURNING used
         )"""
         )
-        selected[1] = "(SELECT used FROM total)"
+        selected[2] = "(SELECT used FROM total)"
         if kind is SubjectKind.ORGANIZATION:
             parts.append(
                 """share AS (
@@ -349,7 +429,7 @@ def _one_statement_sql(kind: SubjectKind, capped: bool, counts: bool) -> str:
             RETURNING used
         )"""
             )
-            selected[2] = "(SELECT used FROM share)"
+            selected[3] = "(SELECT used FROM share)"
     return f"WITH {', '.join(parts)} SELECT {', '.join(selected)}"
 
 

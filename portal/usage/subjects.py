@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import enum
 import functools
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, func, select
-from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.orm import Session
 
 from portal.models import (
@@ -35,6 +35,7 @@ from portal.models import (
 )
 from portal.periods import BillingPeriod, period_containing
 from portal.plans import FREE, Plan, get_plan
+from portal.precompiled import PrecompiledSelect, fetch_rows, precompile
 
 
 class SubjectKind(enum.StrEnum):
@@ -136,47 +137,115 @@ def _effective_plan_query(lookup: str) -> Select[Any]:
     return query.where(key == bindparam("user_key"))
 
 
+def _lookup(user: int | str) -> tuple[str, int | str]:
+    """How the resolution query finds a user: by normalized email or by id."""
+    return ("email", normalize_email(user)) if isinstance(user, str) else ("id", user)
+
+
 def resolve_effective_plan(session: Session, user: int | str) -> EffectivePlan:
     """The effective plan of a user given by id or by email, in one query.
 
     Raises ``UnknownUser`` when there is no such user.
     """
-    key: int | str
-    if isinstance(user, str):
-        query, key = _effective_plan_query("email"), normalize_email(user)
-    else:
-        query, key = _effective_plan_query("id"), user
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        # Every recorded suggestion starts here: run the compiled SQL on the
-        # driver's cursor, skipping SQLAlchemy's per-execution work.
-        sql, constants = _postgresql_sql("email" if isinstance(user, str) else "id")
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql, {**constants, "user_key": key})
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-    else:
-        row = connection.execute(query, {"user_key": key}).one_or_none()
+        return _resolve_on_postgresql(session, user).plan
+    lookup, key = _lookup(user)
+    row = connection.execute(_effective_plan_query(lookup), {"user_key": key}).one_or_none()
     if row is None:
         raise UnknownUser(f"no user {user!r}")
     return _effective_plan(row)
 
 
+@dataclass(frozen=True)
+class Resolution:
+    """An effective plan with the query row it came from (PostgreSQL).
+
+    A statement that depends on the plan can carry ``row`` and check, in the
+    same statement, that the resolution query still returns exactly it (see
+    ``resolution_guard_sql``): then it acts on the plan in force at that
+    moment, whenever the row was read.
+    """
+
+    lookup: str
+    key: int | str
+    row: tuple[Any, ...]
+    plan: EffectivePlan
+
+
+RECENT_RESOLUTIONS = 10_000
+"""How many users' resolutions each process remembers (a few MB at most)."""
+_recent: dict[tuple[str, int | str], Resolution] = {}
+_recent_lock = threading.Lock()
+
+
+def recent_resolution(session: Session, user: int | str) -> Resolution:
+    """The user's last resolution seen by this process, else a fresh one (PostgreSQL).
+
+    It may be out of date: use it only in a statement guarded by
+    ``resolution_guard_sql``, and on a mismatch call ``resolve_again``.
+    Recording a suggestion then costs one round trip instead of two.
+    """
+    remembered = _recent.get(_lookup(user))
+    return remembered if remembered is not None else _resolve_on_postgresql(session, user)
+
+
+def resolve_again(session: Session, user: int | str) -> Resolution:
+    """A fresh resolution, after a guarded statement found the remembered one out of date."""
+    return _resolve_on_postgresql(session, user)
+
+
+def _resolve_on_postgresql(session: Session, user: int | str) -> Resolution:
+    lookup, key = _lookup(user)
+    rows = fetch_rows(session.connection(), _precompiled_resolution(lookup), {"user_key": key})
+    row = rows[0] if rows else None
+    with _recent_lock:
+        if row is None:
+            _recent.pop((lookup, key), None)
+            raise UnknownUser(f"no user {user!r}")
+        resolution = Resolution(lookup, key, tuple(row), _effective_plan(row))
+        _recent.pop((lookup, key), None)
+        if len(_recent) >= RECENT_RESOLUTIONS:
+            del _recent[next(iter(_recent))]  # the oldest
+        _recent[(lookup, key)] = resolution
+    return resolution
+
+
 @functools.cache
-def _postgresql_sql(lookup: str) -> tuple[str, dict[str, Any]]:
-    """The resolution query compiled once for psycopg, with its constant parameters."""
-    compiled = (
-        _effective_plan_query(lookup)
-        .params(user_key=None)
-        .compile(
-            dialect=psycopg_dialect(),  # type: ignore[no-untyped-call]
-            compile_kwargs={"render_postcompile": True},
-        )
+def _precompiled_resolution(lookup: str) -> PrecompiledSelect:
+    return precompile(_effective_plan_query(lookup), ["user_key"])
+
+
+RESOLUTION_COLUMNS = 12
+"""Columns of the resolution query's row (see ``_effective_plan``)."""
+
+
+@functools.cache
+def resolution_guard_sql(lookup: str) -> tuple[str, dict[str, Any]]:
+    """CTEs for PostgreSQL: ``plan_in_force`` has a row only while the resolution holds.
+
+    Parameters: the query's constants (returned), ``user_key``, and
+    ``resolved_0`` … ``resolved_11``: the ``Resolution.row`` being checked.
+    Built from the one resolution query, so the rule lives in one place.
+    """
+    query = _precompiled_resolution(lookup)
+    sql, constants = query.postgresql_sql, dict(query.constants)
+    columns = ", ".join(f"resolved_{index}" for index in range(RESOLUTION_COLUMNS))
+    expected = ", ".join(f"%(resolved_{index})s" for index in range(RESOLUTION_COLUMNS))
+    return (
+        f"""resolution ({columns}) AS ({sql}),
+        plan_in_force AS (
+            SELECT 1 FROM resolution WHERE ({columns}) IS NOT DISTINCT FROM ({expected})
+        )""",
+        constants,
     )
-    constants = {name: value for name, value in compiled.params.items() if name != "user_key"}
-    return str(compiled), constants
+
+
+def resolution_guard_parameters(resolution: Resolution) -> dict[str, Any]:
+    """The parameters of ``resolution_guard_sql`` for one resolution."""
+    parameters = {f"resolved_{index}": value for index, value in enumerate(resolution.row)}
+    parameters["user_key"] = resolution.key
+    return parameters
 
 
 def resolve_effective_plans(session: Session, emails: Iterable[str]) -> dict[str, EffectivePlan]:

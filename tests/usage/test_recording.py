@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from portal.extensions import db
-from portal.models import MemberUsage, UsageEvent, UsageRecord
+from portal.models import Membership, MemberUsage, UsageEvent, UsageRecord, UserSubscription
 from portal.usage import (
     IdempotencyKeyReused,
     InvalidUsage,
@@ -20,7 +20,10 @@ from portal.usage import (
     UnknownUser,
     check_usage,
     record_usage,
+    recording,
+    subjects,
 )
+from portal.usage.recording import PlanKeptChanging
 from tests.factories import T0, make_org, make_user
 
 NOW = T0 + timedelta(days=3)
@@ -317,3 +320,95 @@ def test_recorded_times_are_utc(session: Session) -> None:
     session.expire_all()
     event = session.get(UsageEvent, outcome.event_id)
     assert event is not None and event.occurred_at == NOW and event.occurred_at.tzinfo is UTC
+
+
+# -- the plan in force when the recording statement runs governs --------------
+# On PostgreSQL each process remembers a user's last resolved plan and the
+# recording statement checks it still holds; these changes between two
+# recordings must each be seen at once.
+
+
+def test_upgrade_between_recordings_counts_on_the_new_plan(session: Session) -> None:
+    user = make_user(session)
+    session.commit()
+    assert record_usage(session, user.id, idempotency_key="f", now=NOW).status.plan.id == "free"
+    session.commit()
+    subscription = UserSubscription(
+        user_id=user.id, plan_id="pro", status="active", billing_anchor=T0
+    )
+    session.add(subscription)
+    session.commit()
+    outcome = record_usage(session, user.email.upper(), idempotency_key="p", now=NOW)
+    session.commit()
+    assert outcome.status.plan.id == "pro" and outcome.status.used == 1
+    assert outcome.status.included == 75
+
+
+def test_joining_an_organization_moves_usage_to_its_pool(session: Session) -> None:
+    user = make_user(session)
+    org = make_org(session, plan="team", seats=3)
+    session.commit()
+    record_usage(session, user.id, idempotency_key="alone", now=NOW)
+    session.commit()
+    session.add(Membership(user_id=user.id, organization_id=org.id, role="member"))
+    session.commit()
+    outcome = record_usage(session, user.id, idempotency_key="pooled", now=NOW)
+    session.commit()
+    assert outcome.status.subject.kind == "organization" and outcome.status.subject.id == org.id
+    assert (outcome.status.used, outcome.status.included, outcome.status.member_used) == (
+        1,
+        150,
+        1,
+    )  # 3 seats x 50
+
+
+def test_seats_bought_mid_period_raise_the_pool_at_once(session: Session) -> None:
+    org = make_org(session, plan="team", seats=1)
+    user = make_user(session, org=org)
+    session.commit()
+    assert record_usage(session, user.id, idempotency_key="1", now=NOW).status.included == 50
+    session.commit()
+    org.seats = 4
+    session.commit()
+    outcome = record_usage(session, user.id, idempotency_key="4", now=NOW)
+    session.commit()
+    assert (outcome.status.used, outcome.status.included) == (2, 200)
+    assert session.scalar(select(UsageRecord.included)) == 200
+
+
+def test_a_user_deleted_after_recording_is_unknown(session: Session) -> None:
+    user = make_user(session)
+    session.commit()
+    record_usage(session, user.id, idempotency_key="before", now=NOW)
+    session.commit()
+    session.execute(delete(UsageEvent))
+    session.execute(delete(UsageRecord))
+    session.delete(user)
+    session.commit()
+    with pytest.raises(UnknownUser):
+        record_usage(session, user.id, idempotency_key="after", now=NOW)
+    session.rollback()
+    assert counts(session) == (0, 0, 0)
+
+
+def test_a_plan_changing_under_every_attempt_records_nothing(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if session.connection().dialect.name != "postgresql":
+        pytest.skip("only PostgreSQL records against a remembered plan")
+    user = make_user(session)
+    session.commit()
+    record_usage(session, user.id, idempotency_key="seen", now=NOW)
+    session.commit()
+    outdated = subjects.recent_resolution(session, user.id)
+    session.add(
+        UserSubscription(user_id=user.id, plan_id="pro", status="active", billing_anchor=T0)
+    )
+    session.commit()
+    # Every fresh resolution comes back already outdated, as if the plan
+    # changed again each time just before the recording statement ran.
+    monkeypatch.setattr(recording, "resolve_again", lambda _session, _user: outdated)
+    with pytest.raises(PlanKeptChanging):
+        record_usage(session, user.id, idempotency_key="never", now=NOW)
+    session.rollback()
+    assert counts(session) == (1, 1, 0)
