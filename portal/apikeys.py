@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from portal.models import ApiKey
+from portal.periods import as_utc
+from portal.precompiled import PrecompiledSelect, fetch_rows, precompile
 
 KEY_PREFIX = "usk_"
 """Marks our keys, so a leaked one is recognisable in code and logs."""
@@ -71,17 +74,40 @@ def list_api_keys(session: Session) -> list[ApiKeyInfo]:
     return [_info(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.created_at))]
 
 
+@functools.cache
+def _key_by_hash() -> PrecompiledSelect:
+    query = select(
+        ApiKey.id,
+        ApiKey.name,
+        ApiKey.prefix,
+        ApiKey.created_at,
+        ApiKey.last_used_at,
+        ApiKey.revoked_at,
+    ).where(ApiKey.key_hash == bindparam("key_hash"))
+    return precompile(query, ["key_hash"])
+
+
 def authenticate(session: Session, key: str, now: datetime) -> ApiKeyInfo | None:
     """The live key matching ``key``, or ``None`` for a malformed, unknown or revoked one."""
     if not KEY_PATTERN.match(key):
         return None
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
-    if row is None or row.revoked_at is not None:
+    # Every API call starts here, so the lookup takes the fast path.
+    rows = fetch_rows(session.connection(), _key_by_hash(), {"key_hash": hash_key(key)})
+    if not rows or rows[0][5] is not None:
         return None
-    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-        return replace(_info(row), refreshed=True)
-    return _info(row)
+    key_id, name, prefix, created_at, last_used_at, _revoked_at = rows[0]
+    info = ApiKeyInfo(
+        key_id,
+        name,
+        prefix,
+        as_utc(created_at),
+        as_utc(last_used_at) if last_used_at else None,
+        None,
+    )
+    if info.last_used_at is None or now - info.last_used_at >= LAST_USED_RESOLUTION:
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+        return replace(info, refreshed=True)
+    return info
 
 
 def _info(row: ApiKey) -> ApiKeyInfo:

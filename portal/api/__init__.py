@@ -7,6 +7,7 @@ with a key from ``flask create-api-key``.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from portal.api.errors import ApiError, register_error_handlers
 from portal.api.openapi import openapi_document
 from portal.api.parsing import is_plausible_email, parse_usage_event, read_json_object
+from portal.api.ratelimit import ApiRateLimit
 from portal.apikeys import authenticate
 from portal.extensions import db, limiter
 from portal.usage import (
@@ -32,8 +34,7 @@ from portal.usage.batch import (
     BatchResult,
     record_usage_batch,
 )
-from portal.usage.recording import record_validated
-from portal.usage.subjects import resolve_effective_plan
+from portal.usage.recording import record_request
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -47,7 +48,7 @@ def _now() -> datetime:
 
 
 def _rate_limit_bucket() -> str:
-    # The limiter runs before authentication, so it buckets by the presented
+    # The limit applies before authentication, so it buckets by the presented
     # credential itself (hashed); requests without one share their address's.
     header = request.headers.get("Authorization", "")
     if header:
@@ -55,15 +56,25 @@ def _rate_limit_bucket() -> str:
     return "addr:" + (request.remote_addr or "unknown")
 
 
-def _api_rate_limit() -> str:
-    return str(current_app.config["API_RATE_LIMIT"])
+def enforce_rate_limit() -> None:
+    """429 with Retry-After once the presented key has used its allowance."""
+    rate_limit: ApiRateLimit = current_app.extensions["api_rate_limit"]
+    wait = rate_limit.retry_after(_rate_limit_bucket(), time.time())
+    if wait is not None:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "Too many requests for this API key; retry after the time in Retry-After.",
+            headers={"Retry-After": str(wait)},
+        )
 
 
 @blueprint.before_request
 def require_api_key() -> None:
-    """Refuse requests without a live API key before anything else happens."""
+    """Refuse requests over the rate limit or without a live API key, before anything else."""
     if request.endpoint == "api.openapi":
         return
+    enforce_rate_limit()
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     info = authenticate(db.session(), key.strip(), _now()) if scheme.lower() == "bearer" else None
     if info is None:
@@ -110,8 +121,7 @@ def record_usage_event() -> tuple[Response, int]:
         raise _validation_error(invalid.errors) from None
     session = db.session()
     try:
-        effective = resolve_effective_plan(session, email)
-        outcome = record_validated(session, effective, usage, now)
+        outcome = record_request(session, email, usage, now)
     except UnknownUser:
         raise ApiError(404, "user_not_found", "No user has this email address.") from None
     except IdempotencyKeyReused as reused:
@@ -181,6 +191,10 @@ def _validation_error(fields: dict[str, str]) -> ApiError:
 
 
 def init_app(app: Flask) -> None:
-    limiter.limit(_api_rate_limit, key_func=_rate_limit_bucket)(blueprint)
+    limiter.exempt(blueprint)  # limited per key by enforce_rate_limit instead
+    app.extensions["api_rate_limit"] = ApiRateLimit(
+        str(app.config["API_RATE_LIMIT"]),
+        str(app.config.get("RATELIMIT_STORAGE_URI", "memory://")),
+    )
     app.register_blueprint(blueprint)
     register_error_handlers(app)
