@@ -406,9 +406,10 @@ def _record_loop(plan: WorkerPlan, barrier: Barrier) -> WorkerResult:
             f"-c lock_timeout={STATEMENT_TIMEOUT_MS}",
         },
     )
+    # The worker holds its connection, as a long-running backend process
+    # would: the session commits on it without a pool checkout per call.
     try:
-        with engine.connect():
-            pass  # connect before the clock starts
+        connection = engine.connect()  # connected before the clock starts
         barrier.wait(timeout=WORKER_START_TIMEOUT)
         clock, cpu_clock = time.perf_counter, time.process_time
         window_start = clock() + plan.warmup
@@ -417,7 +418,7 @@ def _record_loop(plan: WorkerPlan, barrier: Barrier) -> WorkerResult:
         latencies: list[float] = []
         calls = window_calls = 0
         cpu_seconds = 0.0
-        with Session(engine) as session:
+        with connection, Session(bind=connection) as session:
             while (started := clock()) < window_end:
                 cpu_started = cpu_clock()
                 outcome = record_usage(

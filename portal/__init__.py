@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.config import ConfigError, engine_options, environ_config, normalize_database_url
@@ -43,6 +45,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
     db.init_app(app)
+    with app.app_context():
+        ping_connections_after_idle(db.engine)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
 
     limiter.init_app(app)
@@ -56,6 +60,41 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api.init_app(app)
     csrf.exempt(api.blueprint)  # API clients authenticate with bearer keys, not cookies
     return app
+
+
+IDLE_BEFORE_PING_SECONDS = 10.0
+"""A pooled connection unused this long is checked before use."""
+
+
+def ping_connections_after_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it sat idle for a while.
+
+    A connection the database dropped (restart, failover, idle timeout) must
+    not fail a request. SQLAlchemy's ``pool_pre_ping`` checks on every
+    checkout, a round trip per request; but a connection used a moment ago
+    is alive, and under load every connection is. So only connections idle
+    for ``IDLE_BEFORE_PING_SECONDS`` are pinged, and a dead one is replaced
+    before the request sees it.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _taken(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_BEFORE_PING_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            if not engine.dialect.is_disconnect(error, dbapi_connection, None):
+                raise
+            alive = False
+        if not alive:
+            # The pool discards this connection and checks out a new one.
+            raise DisconnectionError("pooled connection was closed by the database")
 
 
 @event.listens_for(Engine, "connect")

@@ -101,10 +101,13 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
 
 
 def engine_options(database_url: str) -> dict[str, Any]:
-    """Engine settings per backend: SQLite waits for the writer lock instead of failing."""
+    """Engine settings per backend: SQLite waits for the writer lock instead of failing.
+
+    Dead PostgreSQL connections are caught by ``portal.ping_connections_after_idle``.
+    """
     if database_url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True}
+    return {}
 
 
 def environ_config(instance_path: str) -> dict[str, Any]:
