@@ -56,6 +56,13 @@ def _rate_limit_bucket() -> str:
     return "addr:" + (request.remote_addr or "unknown")
 
 
+@limiter.request_filter
+def _limited_by_enforce_rate_limit() -> bool:
+    # Flask-Limiter skips the API entirely (its work per request is not free);
+    # the API limits each key itself, in ``enforce_rate_limit``.
+    return request.blueprint == blueprint.name
+
+
 def enforce_rate_limit() -> None:
     """429 with Retry-After once the presented key has used its allowance."""
     rate_limit: ApiRateLimit = current_app.extensions["api_rate_limit"]
@@ -191,7 +198,6 @@ def _validation_error(fields: dict[str, str]) -> ApiError:
 
 
 def init_app(app: Flask) -> None:
-    limiter.exempt(blueprint)  # limited per key by enforce_rate_limit instead
     app.extensions["api_rate_limit"] = ApiRateLimit(
         str(app.config["API_RATE_LIMIT"]),
         str(app.config.get("RATELIMIT_STORAGE_URI", "memory://")),
