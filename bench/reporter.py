@@ -6,7 +6,7 @@ billing period. The backlog is generated with one ``INSERT … SELECT
 generate_series`` (every customer gets the same number of events, quantities
 1-3, occurred in the last two days) and the reporter then runs exactly as
 cron runs it, in a process of its own (``python -m flask --app wsgi
-report-usage --json``, default batch size), against the stand-in of the test
+report-usage --json``, default batch size and senders), against the stand-in of the test
 suite (``tests/stripe_standin.py``) over HTTP through the real ``stripe``
 library.
 
@@ -367,9 +367,9 @@ def render(results: list[RunResult]) -> str:
 `bench/reporter.py`: a backlog of pending usage events over {CUSTOMERS:,} Stripe customers
 ({INDIVIDUALS} pro users, {ORGANIZATIONS} business organizations of
 {MEMBERS_PER_ORGANIZATION} members), reported by `flask report-usage --json` in processes of
-their own (default `--batch-size`) to the Stripe stand-in of the test suite, through the
-real `stripe` library over HTTP on loopback. Afterwards every event is reported and the
-stand-in holds exactly each customer's usage (checked).
+their own (default `--batch-size` and `--senders`) to the Stripe stand-in of the test
+suite, through the real `stripe` library over HTTP on loopback. Afterwards every event is
+reported and the stand-in holds exactly each customer's usage (checked).
 
 {HEADER}
 {rows}
@@ -383,9 +383,13 @@ stand-in holds exactly each customer's usage (checked).
 - Events/s counts from the reporters' start to their last summary; the wall time adds the
   Python processes' start-up and exit. Aggregation sends one meter event per customer,
   billing period and claim, so Stripe calls number in the thousands and take a few seconds
-  of the run: the rest is PostgreSQL writing each usage event twice (claimed into its
-  batch, then `stripe_reported_at`), about 20 µs of server CPU per row write on this
-  machine. Two runs put both cores to work.
+  of the run: the rest is PostgreSQL writing each usage event once, when its batch is sent
+  (`report_batch_id`, `stripe_reported_at`: a row update that touches the table's indexes
+  and checks the foreign key, 15-30 µs of server CPU on this machine). A claim is one SQL
+  statement that writes only the batch rows, and a run's senders write sent batches'
+  events on several connections at once, so one run puts both cores to work.
+- Other work shares this 2-core machine while benchmarks run, so figures vary by tens of
+  percent from one run to the next.
 """
 
 

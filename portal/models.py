@@ -214,8 +214,10 @@ class UsageEvent(db.Model):  # type: ignore[name-defined,misc]
     # Reporting to Stripe (portal.billing.reporter). Recording never names
     # these columns, so each has a server default or is nullable.
     report_status: Mapped[str] = mapped_column(String(16), server_default="pending")
-    """``pending``; ``batched`` into ``report_batch_id`` (reported once
-    ``stripe_reported_at`` is set); or ``skipped`` (``report_skip_reason`` says why)."""
+    """``pending`` (possibly claimed into a pending batch's ``event_ids``);
+    ``batched`` into ``report_batch_id`` once that batch is settled (reported
+    when ``stripe_reported_at`` is set, else its batch failed); or ``skipped``
+    (``report_skip_reason`` says why)."""
     report_batch_id: Mapped[int | None] = mapped_column(ForeignKey("usage_report_batches.id"))
     report_skip_reason: Mapped[str | None] = mapped_column(String(32))
 
@@ -331,7 +333,8 @@ class UsageReportBatch(db.Model):  # type: ignore[name-defined,misc]
     """One meter event for Stripe: the outbox row, written before Stripe is called.
 
     It sums usage events of one Stripe customer, meter and billing period
-    (the events point here through ``report_batch_id``). Its ``identifier``,
+    (listed in ``event_ids`` while pending; once it is settled the events
+    point here through ``report_batch_id``). Its ``identifier``,
     ``value`` and ``meter_timestamp`` never change once written, so every
     attempt sends the same meter event and Stripe's identifier check makes a
     repeated delivery harmless.
@@ -377,3 +380,10 @@ class UsageReportBatch(db.Model):  # type: ignore[name-defined,misc]
     stripe_request_id: Mapped[str | None] = mapped_column(String(255))
     created_run_id: Mapped[int | None] = mapped_column(ForeignKey("usage_report_runs.id"))
     last_run_id: Mapped[int | None] = mapped_column(ForeignKey("usage_report_runs.id"))
+    event_ids: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), deferred=True)
+    """The usage events of a batch not yet settled, as the database spells their ids.
+
+    A claim writes them here rather than updating each event; settling the
+    batch (sent or failed) writes ``report_batch_id`` into the events once
+    and clears this. Deferred: up to a claim's worth of ids, read by SQL only.
+    """

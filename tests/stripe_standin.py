@@ -215,6 +215,11 @@ class StripeStandIn:
         with self._state.lock:
             self._state.faults.extend(faults)
 
+    def clear_faults(self) -> None:
+        """Drop the faults not triggered yet: Stripe behaves normally again."""
+        with self._state.lock:
+            self._state.faults.clear()
+
     def release(self) -> None:
         """Let a held reply go (the connection is then dropped)."""
         self._release.set()

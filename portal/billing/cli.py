@@ -21,8 +21,10 @@ from sqlalchemy.orm import Session
 from portal.billing.preview import ReportPreview, preview_report
 from portal.billing.reporter import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_CLI_SENDERS,
     DEFAULT_MAX_SECONDS,
     MAX_BATCH_SIZE,
+    MAX_SENDERS,
     BatchNotFailed,
     ReportOptions,
     ReportSummary,
@@ -83,6 +85,14 @@ def _settings_or_exit(ctx: click.Context) -> StripeSettings:
     show_default=True,
     help="Time budget: stop taking new work after this long.",
 )
+@click.option(
+    "--senders",
+    type=click.IntRange(1, MAX_SENDERS),
+    default=DEFAULT_CLI_SENDERS,
+    show_default=True,
+    help="Meter events sent at once, on a database connection each (PostgreSQL; "
+    "SQLite sends one at a time). Never two at once for one customer.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--retry-failed", is_flag=True, help="Put failed batches back and send them again.")
 @click.option(
@@ -101,6 +111,7 @@ def report_usage_command(
     limit: int | None,
     batch_size: int,
     max_seconds: float,
+    senders: int,
     as_json: bool,
     retry_failed: bool,
     mark_sent: tuple[int, ...],
@@ -116,6 +127,7 @@ def report_usage_command(
         limit=limit,
         max_seconds=max_seconds,
         retry_failed=retry_failed,
+        senders=senders,
         worker=f"{socket.gethostname()}:{os.getpid()}",
     )
     if dry_run:

@@ -22,6 +22,7 @@ from portal.billing.reporter import (
     ReportOptions,
     meter_timestamp,
     skip_reason,
+    unclaimed_backlog_condition,
 )
 from portal.models import UsageReportBatch, UTCDateTime
 
@@ -85,7 +86,7 @@ _PREVIEW_SQL = """
         SELECT organization_id, user_id, quantity, occurred_at, period_start, period_end,
             event_type, plan_id, stripe_reported_at
         FROM usage_events
-        WHERE report_status = 'pending'
+        WHERE {backlog}
         {limit}
     ) AS c
     LEFT JOIN user_subscriptions AS s ON c.organization_id IS NULL AND s.user_id = c.user_id
@@ -104,7 +105,12 @@ def preview_report(session: Session, now: datetime, options: ReportOptions) -> R
         else ""
     )
     query = (
-        text(_PREVIEW_SQL.format(limit=limit))
+        text(
+            _PREVIEW_SQL.format(
+                limit=limit,
+                backlog=unclaimed_backlog_condition(session.get_bind().dialect.name),
+            )
+        )
         .bindparams(bindparam("cutoff", type_=when))
         .columns(
             customer=String(),

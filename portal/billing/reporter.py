@@ -3,17 +3,20 @@
 Why nothing is lost or billed twice, through crashes, timeouts and overlapping runs:
 
 1. **Claim.** Pending usage events are taken in chunks of at most
-   ``batch_size`` (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent runs
-   take disjoint events; SQLite: ``BEGIN IMMEDIATE``, one writer at a time).
-   Each chunk is grouped by (Stripe customer, meter, billing period) into
-   report batches, and the batch rows, with their identifier, value and
-   timestamp, are committed together with their events' link to them
-   *before* Stripe is called: an outbox. Not-billable events leave the
-   backlog as ``skipped`` in the same transaction.
+   ``batch_size`` (PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED``, so
+   concurrent runs on several machines take disjoint events; SQLite:
+   ``BEGIN IMMEDIATE``, one writer at a time). A claim passes over the events
+   listed by pending batches. Each chunk is grouped by (Stripe customer,
+   meter, billing period) into report batches, and the batch rows, with their
+   identifier, value, timestamp and the ids of their events (``event_ids``),
+   are committed *before* Stripe is called: an outbox. The events themselves
+   are not written by a claim. Not-billable events leave the backlog as
+   ``skipped`` in the same transaction.
 2. **Send.** Each pending batch is one meter event whose ``identifier`` is the
    batch's. Success, or Stripe's "An event already exists with identifier …"
-   (an earlier attempt got through), marks the batch sent and its events
-   reported in one transaction.
+   (an earlier attempt got through), marks the batch sent and writes its
+   events, once each (``report_batch_id``, ``stripe_reported_at``), in one
+   transaction.
 3. **Anything in between** (a crash, a timeout, a dropped connection, a 5xx)
    leaves the batch pending; every later attempt sends the very same event,
    which Stripe counts once. Permanent refusals mark the batch failed with
@@ -23,8 +26,26 @@ Stripe promises to remember identifiers for at least 24 hours only, so a
 batch that stays pending for ``DEDUPE_SAFE_AGE`` is not resent blindly: it is
 marked failed for a person to check (see the README, "Recovering failed batches").
 
+Why a PostgreSQL claim takes two statements: a claim does not update the
+events it takes (writing each usage event twice, once to claim it and once
+to report it, was most of a run's time), so once a claim commits, its
+events are unlocked and only the pending batches' ``event_ids`` say they are
+taken. A concurrent claim whose snapshot predates that commit could lock
+them next. So the first statement locks a chunk (``FOR UPDATE SKIP
+LOCKED``), and the second, which writes the batches, starts with a newer
+snapshot and keeps only the locked events that are still in no pending
+batch: any claim that held them before has committed by then, and its
+batches are visible.
+
+Sending may use several senders (``--senders``; PostgreSQL): threads with a
+connection each, so the database writes one sent batch's events while the
+next batches go out. They take batches exactly as two runs would: each batch
+row locked (``FOR UPDATE SKIP LOCKED``) by the sender that has it, each
+customer and meter by an advisory lock.
+
 Memory is bounded by the batch size: events are claimed chunk by chunk, and
-only counters outlive a chunk.
+only counters outlive a chunk (on PostgreSQL the events never leave the
+database at all).
 """
 
 from __future__ import annotations
@@ -37,16 +58,18 @@ import json
 import math
 import os
 import random
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, String, bindparam, insert, select, text, update
+from sqlalchemy import Engine, Integer, String, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from portal.billing.gateway import Delivery, DeliveryStatus, MeterEvent, MeterEventGateway
@@ -69,6 +92,11 @@ MAX_BATCH_SIZE = 100_000
 DEFAULT_MAX_SECONDS = 240.0
 """Four minutes, so a run started every five minutes is done before the next."""
 DEFAULT_MAX_ATTEMPTS = 4
+MAX_SENDERS = 16
+DEFAULT_SENDERS = 1
+DEFAULT_CLI_SENDERS = 4
+"""``flask report-usage`` sends with four connections on PostgreSQL: a sent batch's
+events are written while the next batches go to Stripe."""
 """HTTP attempts per batch within one run; a batch still failing waits for the next run."""
 IDENTIFIER_PREFIX = "aiu_"
 
@@ -77,6 +105,7 @@ BILLABLE_EVENT_TYPES = frozenset(QUOTA_EVENT_TYPES)
 
 # Advisory-lock namespace for "one request in flight per customer and meter".
 _CUSTOMER_LOCK_NAMESPACE = 0x5553_4147  # "USAG"
+# Advisory lock for "one claim at a time", across runs and machines.
 
 
 class SkipReason(enum.StrEnum):
@@ -122,6 +151,16 @@ def meter_timestamp(
     return datetime.fromtimestamp(max(first, min(moment, last)), UTC)
 
 
+TOO_OLD_REASON = (
+    "{count} usage events occurred more than "
+    f"{STRIPE_MAX_EVENT_AGE.days} days ago (the oldest at "
+    "{oldest} UTC); Stripe refuses meter events older "
+    f"than {STRIPE_MAX_EVENT_AGE.days} days, so this usage cannot be billed "
+    "through the meter"
+)
+"""Why a claimed group of usage is failed at once; ``oldest`` as ``YYYY-MM-DD HH:MM``."""
+
+
 def new_identifier() -> str:
     """A meter event identifier no other database can produce (36 characters)."""
     return IDENTIFIER_PREFIX + uuid.uuid4().hex
@@ -139,6 +178,9 @@ class ReportOptions:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     backoff_base: float = 0.5
     backoff_max: float = 30.0
+    senders: int = DEFAULT_SENDERS
+    """Batches sent at once, each by a thread on a connection of its own (PostgreSQL
+    only; SQLite sends one at a time). Never two at once for one customer and meter."""
     worker: str = ""
     """Who runs the report (host:pid), recorded with the run."""
 
@@ -147,6 +189,8 @@ class ReportOptions:
             raise ValueError(f"batch_size must be from 1 to {MAX_BATCH_SIZE}")
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be at least 1")
+        if not 1 <= self.senders <= MAX_SENDERS:
+            raise ValueError(f"senders must be from 1 to {MAX_SENDERS}")
         if self.max_seconds <= 0 or self.max_attempts < 1:
             raise ValueError("max_seconds must be positive and max_attempts at least 1")
 
@@ -247,10 +291,6 @@ def mark_batch_sent(session: Session, batch_id: int, now: datetime) -> UsageRepo
         raise BatchNotFailed(
             f"report batch #{batch_id} is {batch.status}; only a failed batch can be marked sent"
         )
-    batch.status = "sent"
-    batch.sent_at = now
-    batch.last_error = f"marked sent by hand at {now:%Y-%m-%d %H:%M} UTC; was: {batch.last_error}"
-    session.flush()
     session.execute(
         _statements(session.get_bind().dialect.name).report_events,
         {
@@ -258,6 +298,11 @@ def mark_batch_sent(session: Session, batch_id: int, now: datetime) -> UsageRepo
             "now": now,
         },
     )
+    batch.status = "sent"
+    batch.sent_at = now
+    batch.last_error = f"marked sent by hand at {now:%Y-%m-%d %H:%M} UTC; was: {batch.last_error}"
+    batch.event_ids = None
+    session.flush()
     return batch
 
 
@@ -367,6 +412,9 @@ class _Run:
         self.counts: Counter[str] = Counter()
         self.skipped_reasons: Counter[str] = Counter()
         self.error: str | None = None
+        self.lock = threading.Lock()
+        """Guards the state above while several senders share it."""
+        self._sender_sessions: list[Session] = []
 
     # -- time ------------------------------------------------------------
 
@@ -378,7 +426,13 @@ class _Run:
 
     def progress(self, events: int) -> None:
         if self.on_progress is not None and events:
-            self.on_progress(events)
+            with self.lock:
+                self.on_progress(events)
+
+    def count(self, **amounts: int) -> None:
+        """Add to the run's counters; senders in several threads call it."""
+        with self.lock:
+            self.counts.update(amounts)
 
     # -- the run ---------------------------------------------------------
 
@@ -412,6 +466,8 @@ class _Run:
             except Exception:  # noqa: S110 - the database may be what failed: keep its error
                 pass
             raise
+        finally:
+            self.close_senders()
         return self.finish(None)
 
     def finish(self, crash: str | None, outcome: str | None = None) -> ReportSummary:
@@ -471,15 +527,77 @@ class _Run:
     # -- claiming --------------------------------------------------------
 
     def claim(self, size: int) -> int:
-        """Turn up to ``size`` pending events into batches and skips, in one transaction."""
+        """Turn up to ``size`` pending events into batches and skips, in one transaction.
+
+        Returns how many events left the backlog; 0 when it is empty.
+        """
+        if self.dialect == "postgresql":
+            return self._claim_in_sql(size)
+        return self._claim_in_python(size)
+
+    def _claim_in_sql(self, size: int) -> int:
+        """PostgreSQL: the claim is one statement; no event row travels to Python."""
+        session = self.session
+        now = self.now()
+        # Lock the chunk first, in a statement of its own (see the module
+        # docstring); the claim statement then starts with a newer snapshot.
+        # Under REPEATABLE READ or SERIALIZABLE it would not: refuse.
+        assert self.statements.lock_claim is not None
+        isolation, locked_ids = session.execute(self.statements.lock_claim, {"limit": size}).one()
+        if isolation != "read committed":
+            session.rollback()
+            raise RuntimeError(
+                f"report-usage claims need READ COMMITTED transactions, not {isolation}: "
+                "each claim must see the batches of the claims before it"
+            )
+        if locked_ids is None:
+            session.commit()
+            return 0  # the backlog is empty
+        assert self.statements.claim is not None
+        rows = session.execute(
+            self.statements.claim,
+            {
+                "locked_ids": locked_ids,
+                "now": now,
+                "cutoff": now - STRIPE_MAX_EVENT_AGE + CLAIM_AGE_MARGIN,
+                "event_name": self.options.event_name,
+                "run_id": self.run_id,
+                "prefix": IDENTIFIER_PREFIX,
+                "too_old_reason": TOO_OLD_REASON.format(count="%s", oldest="%s"),
+                "billable_types": sorted(BILLABLE_EVENT_TYPES),
+                "paid_plans": sorted(PAID_PLAN_IDS),
+            },
+        ).all()
+        session.commit()
+        claimed = skipped = failed = failed_events = 0
+        for kind, reason, count in rows:
+            if kind == "claimed":
+                claimed = int(count)
+            elif kind == "skipped":
+                self.skipped_reasons[reason] += int(count)
+                skipped += int(count)
+            elif kind == "failed_batches":
+                failed = int(count)
+            elif kind == "failed_events":
+                failed_events = int(count)
+        self.counts["claimed"] += claimed
+        self.counts["failed"] += failed
+        self.progress(skipped + failed_events)
+        # Events locked but found in another run's batches left the backlog
+        # too: count them, so the run goes on to the next chunk.
+        locked = str(locked_ids).count(",") + 1
+        return max(claimed, locked)
+
+    def _claim_in_python(self, size: int) -> int:
+        """SQLite: read the claim, group it here, and write batches and skips."""
         session = self.session
         statements = self.statements
         now = self.now()
         cutoff = now - STRIPE_MAX_EVENT_AGE + CLAIM_AGE_MARGIN
-        if self.dialect == "sqlite":
-            # Take the write lock before reading, so the events read are the
-            # ones written: no other writer can slip in between.
-            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        # Take the write lock before reading, so the events read are the
+        # ones written: no other writer can slip in between.
+        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        assert statements.fetch_claim is not None
         rows = statements.fetch_claim(session, size)
         if not rows:
             session.commit()
@@ -516,8 +634,11 @@ class _Run:
             if rows_to_insert
             else []
         )
-        for batch_id, (_, group) in zip(batch_ids, ordered, strict=True):
-            self._set_events(statements.batch_events, group.ids, {"batch_id": batch_id})
+        # A batch failed at once is settled: its events point at it now.
+        # Pending batches list their events in ``event_ids`` instead.
+        for batch_id, (key, group) in zip(batch_ids, ordered, strict=True):
+            if key[3]:
+                self._set_events(statements.batch_events, group.ids, {"batch_id": batch_id})
         session.commit()
 
         skipped = sum(len(ids) for ids in skips.values())
@@ -547,6 +668,7 @@ class _Run:
             "last_run_id": self.run_id,
             "failed_at": None,
             "last_error": None,
+            "event_ids": group.ids,
         }
         if too_old:
             # Re-dating usage into Stripe's window would bill it in the wrong
@@ -554,21 +676,17 @@ class _Run:
             row.update(
                 status="failed",
                 failed_at=now,
-                last_error=(
-                    f"{len(group.ids)} usage events occurred more than "
-                    f"{STRIPE_MAX_EVENT_AGE.days} days ago (the oldest at "
-                    f"{group.oldest.astimezone(UTC):%Y-%m-%d %H:%M} UTC); Stripe refuses meter "
-                    "events older "
-                    f"than {STRIPE_MAX_EVENT_AGE.days} days, so this usage cannot be billed "
-                    "through the meter"
+                last_error=TOO_OLD_REASON.format(
+                    count=len(group.ids), oldest=f"{group.oldest.astimezone(UTC):%Y-%m-%d %H:%M}"
                 ),
+                event_ids=None,
             )
         return row
 
     def _set_events(self, statement: Any, ids: Sequence[str], values: dict[str, Any]) -> None:
         result = self.session.execute(statement, {**values, "ids": self.statements.ids(ids)})
-        # The claimed rows are locked (PostgreSQL) or the database is (SQLite):
-        # every one of them must change, or the claim is wrong and rolls back.
+        # The database is locked (SQLite's one writer): every claimed row must
+        # change, or the claim is wrong and rolls back.
         if result.rowcount != len(ids):  # type: ignore[attr-defined]
             raise RuntimeError(
                 f"claimed {len(ids)} usage events but updated {result.rowcount}"  # type: ignore[attr-defined]
@@ -577,30 +695,79 @@ class _Run:
     # -- sending ---------------------------------------------------------
 
     def send_pending(self) -> None:
-        """Send every pending batch after ``cursor``, oldest first, within the budget."""
-        while self.error is None and self.remaining() > 0:
-            batch = self._lock_next_batch(
-                UsageReportBatch.id > self.cursor, order=True, skip_locked=True
-            )
-            if batch is None:
-                self.session.rollback()
-                return
-            self.cursor = batch.id
-            self._handle(batch, wait_for_customer=False)
+        """Send every pending batch after ``cursor``, oldest first, within the budget.
+
+        With several senders, each sends on a connection of its own, in a
+        thread: while one waits for Stripe or for the database to write a
+        sent batch's events, the others go on. They share nothing but the
+        cursor and counters; each batch is locked by the one sending it and
+        each customer by an advisory lock, exactly as between two runs.
+        """
+        sessions = self.sender_sessions()
+        if len(sessions) == 1:
+            self._send_loop(sessions[0])
+            return
+        with ThreadPoolExecutor(len(sessions), thread_name_prefix="report-usage") as pool:
+            futures = [pool.submit(self._send_loop, session) for session in sessions]
+        for future in futures:
+            future.result()  # a sender's exception ends the run, as it would with one
+
+    def sender_sessions(self) -> list[Session]:
+        """The sessions to send on: the run's own for one sender, else one per sender.
+
+        Each extra sender gets a plain session of its own on the same engine:
+        the caller's may be scoped to this thread (Flask-SQLAlchemy's is).
+        """
+        if not self._sender_sessions:
+            bind = self.session.get_bind()
+            # SQLite has one writer and no row locks: one sender. A session
+            # bound to a connection (not an engine) cannot be shared out.
+            if self.options.senders > 1 and self.dialect == "postgresql":
+                if isinstance(bind, Engine):
+                    for _ in range(self.options.senders):
+                        self._sender_sessions.append(Session(bind=bind))
+            if not self._sender_sessions:
+                self._sender_sessions.append(self.session)
+        return self._sender_sessions
+
+    def close_senders(self) -> None:
+        for session in self._sender_sessions:
+            if session is not self.session:
+                session.close()
+
+    def _send_loop(self, session: Session) -> None:
+        try:
+            while self.error is None and self.remaining() > 0:
+                with self.lock:  # one sender at a time moves the cursor
+                    batch = self._lock_next_batch(
+                        session, UsageReportBatch.id > self.cursor, order=True, skip_locked=True
+                    )
+                    if batch is not None:
+                        self.cursor = batch.id
+                if batch is None:
+                    session.rollback()
+                    return
+                self._handle(session, batch, wait_for_customer=False)
+        except BaseException:
+            session.rollback()  # this sender's batch stays pending; its lock goes
+            raise
 
     def send_deferred(self) -> None:
-        """Send the batches put aside while another run was busy with their customer."""
+        """Send the batches put aside while another sender was busy with their customer."""
+        session = self.session
         for batch_id in self.deferred:
             if self.error is not None or self.remaining() <= 0:
                 return
-            batch = self._lock_next_batch(UsageReportBatch.id == batch_id, skip_locked=True)
+            batch = self._lock_next_batch(
+                session, UsageReportBatch.id == batch_id, skip_locked=True
+            )
             if batch is None:
-                self.session.rollback()  # sent meanwhile, or being sent right now
+                session.rollback()  # sent meanwhile, or being sent right now
                 continue
-            self._handle(batch, wait_for_customer=True)
+            self._handle(session, batch, wait_for_customer=True)
 
     def _lock_next_batch(
-        self, condition: Any, *, order: bool = False, skip_locked: bool
+        self, session: Session, condition: Any, *, order: bool = False, skip_locked: bool
     ) -> UsageReportBatch | None:
         query = (
             select(UsageReportBatch)
@@ -611,15 +778,17 @@ class _Run:
         )
         if order:
             query = query.order_by(UsageReportBatch.id)
-        return self.session.scalars(query).first()
+        return session.scalars(query).first()
 
-    def _handle(self, batch: UsageReportBatch, *, wait_for_customer: bool) -> None:
+    def _handle(
+        self, session: Session, batch: UsageReportBatch, *, wait_for_customer: bool
+    ) -> None:
         """Send one locked batch and settle it, in the transaction that holds its lock."""
-        session = self.session
         now = self.now()
         oldest_allowed = now - STRIPE_MAX_EVENT_AGE + SEND_AGE_MARGIN
         if batch.meter_timestamp < oldest_allowed:
             self._fail(
+                session,
                 batch,
                 f"its timestamp {batch.meter_timestamp:%Y-%m-%d %H:%M:%S} UTC is now more than "
                 f"{STRIPE_MAX_EVENT_AGE.days} days old; Stripe refuses meter events older than "
@@ -631,6 +800,7 @@ class _Run:
             return
         if now - batch.queued_at > DEDUPE_SAFE_AGE:
             self._fail(
+                session,
                 batch,
                 f"pending since {batch.queued_at:%Y-%m-%d %H:%M} UTC, longer than Stripe is sure "
                 f"to remember identifiers (24 h); if an earlier attempt reached Stripe, sending "
@@ -641,18 +811,19 @@ class _Run:
             )
             session.commit()
             return
-        if not self._lock_customer(batch, wait=wait_for_customer):
+        if not self._lock_customer(session, batch, wait=wait_for_customer):
             session.rollback()
-            self.deferred.append(batch.id)
+            with self.lock:
+                self.deferred.append(batch.id)
             return
         if self.remaining() <= 0:
             session.rollback()
             return
 
         delivery, attempts = self._deliver(batch)
-        self._settle(batch, delivery, attempts)
+        self._settle(session, batch, delivery, attempts)
 
-    def _lock_customer(self, batch: UsageReportBatch, *, wait: bool) -> bool:
+    def _lock_customer(self, session: Session, batch: UsageReportBatch, *, wait: bool) -> bool:
         """At most one request in flight per customer and meter, across runs and machines."""
         if self.dialect != "postgresql":
             return True  # one run at a time, sending one batch at a time
@@ -661,11 +832,19 @@ class _Run:
         ).digest()
         key = int.from_bytes(digest, "big", signed=True)
         params = {"namespace": _CUSTOMER_LOCK_NAMESPACE, "key": key}
+        # The transaction that holds the lock ends in _settle's commit, which
+        # may skip waiting for the disk: if the database lost it in a crash,
+        # the batch would simply be pending again and be resent with the same
+        # identifier, which Stripe recognises. (The claim's commit, written
+        # before Stripe is called, always waits.) Set here to save a round trip.
+        no_wait = "set_config('synchronous_commit', 'off', true)"
         if wait:
-            self.session.execute(text("SELECT pg_advisory_xact_lock(:namespace, :key)"), params)
+            session.execute(
+                text(f"SELECT pg_advisory_xact_lock(:namespace, :key), {no_wait}"), params
+            )
             return True
-        acquired = self.session.scalar(
-            text("SELECT pg_try_advisory_xact_lock(:namespace, :key)"), params
+        acquired = session.scalar(
+            text(f"SELECT pg_try_advisory_xact_lock(:namespace, :key), {no_wait}"), params
         )
         return bool(acquired)
 
@@ -689,7 +868,7 @@ class _Run:
             delay = self._backoff(attempts, delivery.retry_after)
             if delay >= self.remaining():
                 return delivery, attempts
-            self.counts["retried"] += 1
+            self.count(retried=1)
             self.sleep(delay)
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
@@ -698,9 +877,10 @@ class _Run:
         delay = self.random.uniform(ceiling / 2, ceiling)
         return max(delay, retry_after or 0.0)
 
-    def _settle(self, batch: UsageReportBatch, delivery: Delivery, attempts: int) -> None:
+    def _settle(
+        self, session: Session, batch: UsageReportBatch, delivery: Delivery, attempts: int
+    ) -> None:
         """Write down what Stripe answered, and commit (which releases the batch's locks)."""
-        session = self.session
         now = self.now()
         batch.attempts += attempts
         batch.last_attempt_at = now
@@ -710,6 +890,10 @@ class _Run:
             batch.stripe_request_id = delivery.request_id
         status = delivery.status
         if status in (DeliveryStatus.ACCEPTED, DeliveryStatus.DUPLICATE):
+            # Before event_ids is cleared: the statement reads the events from it.
+            reported = session.execute(
+                self.statements.report_events, {"batch_id": batch.id, "now": now}
+            ).rowcount  # type: ignore[attr-defined]
             batch.status = "sent"
             batch.sent_at = now
             batch.last_error = (
@@ -717,16 +901,13 @@ class _Run:
                 if status is DeliveryStatus.ACCEPTED
                 else f"delivered by an earlier attempt: {delivery.describe()}"
             )
-            session.flush()
-            reported = session.execute(
-                self.statements.report_events, {"batch_id": batch.id, "now": now}
-            ).rowcount  # type: ignore[attr-defined]
-            self.counts["batches_sent"] += 1
-            self.counts["events_reported"] += reported
-            self.counts["value_sent"] += batch.value
+            batch.event_ids = None
+            self.count(batches_sent=1, events_reported=reported, value_sent=batch.value)
             self.progress(reported)
         elif status is DeliveryStatus.REJECTED:
-            self._fail(batch, f"Stripe refused the meter event: {delivery.describe()}", now)
+            self._fail(
+                session, batch, f"Stripe refused the meter event: {delivery.describe()}", now
+            )
         elif status is DeliveryStatus.UNAUTHORIZED:
             batch.last_error = f"Stripe refused the API key: {delivery.describe()}"
             self.error = (
@@ -735,20 +916,18 @@ class _Run:
             )
         else:
             batch.last_error = f"will be sent again: {delivery.describe()}"
-        if self.dialect == "postgresql":
-            # This commit may skip waiting for the disk. If the database lost it
-            # in a crash, the batch would simply be pending again and be resent
-            # with the same identifier, which Stripe recognises. (The claim's
-            # commit, written before Stripe is called, always waits.)
-            session.execute(text("SET LOCAL synchronous_commit = off"))
         session.commit()
 
-    def _fail(self, batch: UsageReportBatch, reason: str, now: datetime) -> None:
+    def _fail(self, session: Session, batch: UsageReportBatch, reason: str, now: datetime) -> None:
+        # The events leave the backlog with their batch: they point at it now,
+        # and stay unreported until the batch is recovered.
+        session.execute(self.statements.fail_events, {"batch_id": batch.id})
+        batch.event_ids = None
         batch.status = "failed"
         batch.failed_at = now
         batch.last_error = reason
         batch.last_run_id = self.run_id
-        self.counts["failed"] += 1
+        self.count(failed=1)
         self.progress(batch.event_count)
 
 
@@ -756,13 +935,50 @@ class _Run:
 class _Statements:
     """The reporter's SQL for one dialect."""
 
-    fetch_claim: Callable[[Session, int], Sequence[Any]]
-    """Locks and returns up to ``limit`` pending events with what classifying them needs."""
+    lock_claim: Any | None
+    """PostgreSQL: lock a chunk of the backlog; gives the isolation level and the ids."""
+    claim: Any | None
+    """PostgreSQL: the whole claim, returning (kind, reason, count) rows to count."""
+    fetch_claim: Callable[[Session, int], Sequence[Any]] | None
+    """SQLite: returns up to ``limit`` claimable events with what classifying them needs."""
     skip_events: Any
     batch_events: Any
     report_events: Any
+    """Writes a sent batch's events once: its link, ``batched``, ``stripe_reported_at``."""
+    fail_events: Any
+    """Links a failing batch's listed events to it, unreported."""
     ids: Callable[[Sequence[str]], str]
     """Encodes event ids for the ``:ids`` parameter: one string, whatever their number."""
+
+
+_OPEN_BATCH_EVENT_IDS = {
+    # The events listed by pending batches: claimed, not yet written.
+    "postgresql": (
+        "SELECT CAST(j.value AS uuid) FROM usage_report_batches AS b, "
+        "json_array_elements_text(b.event_ids) AS j "
+        "WHERE b.status = 'pending' AND b.event_ids IS NOT NULL"
+    ),
+    "sqlite": (
+        "SELECT j.value FROM usage_report_batches AS b, json_each(b.event_ids) AS j "
+        "WHERE b.status = 'pending' AND b.event_ids IS NOT NULL"
+    ),
+}
+_BATCH_EVENT_IDS = {
+    # The events one batch lists (none once it is settled).
+    "postgresql": (
+        "SELECT CAST(j.value AS uuid) FROM usage_report_batches AS b, "
+        "json_array_elements_text(b.event_ids) AS j WHERE b.id = :batch_id"
+    ),
+    "sqlite": (
+        "SELECT j.value FROM usage_report_batches AS b, json_each(b.event_ids) AS j "
+        "WHERE b.id = :batch_id"
+    ),
+}
+
+
+def unclaimed_backlog_condition(dialect: str) -> str:
+    """SQL for "this pending usage event is in no pending batch": the backlog proper."""
+    return f"report_status = 'pending' AND id NOT IN ({_OPEN_BATCH_EVENT_IDS[dialect]})"
 
 
 _CLAIM_SQL = """
@@ -774,13 +990,105 @@ _CLAIM_SQL = """
         SELECT id, organization_id, user_id, quantity, occurred_at, period_start, period_end,
             event_type, plan_id, stripe_reported_at
         FROM usage_events
-        WHERE report_status = 'pending'
+        WHERE {backlog}
         ORDER BY organization_id, user_id, period_start
         LIMIT {limit}
-        {lock}
     ) AS c
     LEFT JOIN user_subscriptions AS s ON c.organization_id IS NULL AND s.user_id = c.user_id
     LEFT JOIN organizations AS o ON o.id = c.organization_id
+"""
+
+# The PostgreSQL claim in one statement: pick the events (in the backlog
+# index's order, so each customer's usage lands in few, large batches),
+# classify them as skip_reason() does, skip the unbillable, group the rest as
+# the SQLite path does and write one batch per group with its events' ids,
+# and link events too old to send to their batch, failed at once.
+# meter_timestamp is meter_timestamp()'s rule. Nothing per event comes back.
+_PG_LOCK_CLAIM_SQL = """
+SELECT current_setting('transaction_isolation'), '{{' || string_agg(CAST(id AS text), ',') || '}}'
+FROM (
+    SELECT id FROM usage_events
+    WHERE {backlog}
+    ORDER BY organization_id, user_id, period_start
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+) AS locked
+"""
+
+_PG_CLAIM_SQL = """
+WITH picked AS (
+    SELECT id, organization_id, user_id, quantity, occurred_at, period_start, period_end,
+        event_type, plan_id, stripe_reported_at
+    FROM usage_events
+    WHERE id = ANY(CAST(:locked_ids AS uuid[])) AND {backlog}
+),
+customers AS (
+    SELECT p.*, CASE WHEN p.organization_id IS NULL THEN s.stripe_customer_id
+            ELSE o.stripe_customer_id END AS customer
+    FROM picked AS p
+    LEFT JOIN user_subscriptions AS s ON p.organization_id IS NULL AND s.user_id = p.user_id
+    LEFT JOIN organizations AS o ON o.id = p.organization_id
+),
+classified AS (
+    SELECT id, quantity, occurred_at, period_start, period_end, customer,
+        occurred_at < :cutoff AS too_old,
+        CASE
+            WHEN stripe_reported_at IS NOT NULL THEN 'already_reported'
+            WHEN event_type <> ALL(CAST(:billable_types AS text[])) THEN 'not_billable'
+            WHEN plan_id <> ALL(CAST(:paid_plans AS text[])) THEN 'free_plan'
+            WHEN COALESCE(customer, '') = '' THEN 'no_customer'
+        END AS skip_reason
+    FROM customers
+),
+skipped AS (
+    UPDATE usage_events AS e SET report_status = 'skipped', report_skip_reason = c.skip_reason
+    FROM classified AS c
+    WHERE e.id = c.id AND c.skip_reason IS NOT NULL
+    RETURNING c.skip_reason
+),
+grouped AS (
+    SELECT customer, period_start, period_end, too_old, SUM(quantity) AS value,
+        COUNT(*) AS event_count, MAX(occurred_at) AS latest, MIN(occurred_at) AS oldest,
+        json_agg(id) AS event_ids
+    FROM classified
+    WHERE skip_reason IS NULL
+    GROUP BY customer, period_start, period_end, too_old
+),
+batches AS (
+    INSERT INTO usage_report_batches (identifier, stripe_customer_id, event_name, period_start,
+        period_end, value, event_count, meter_timestamp, status, attempts, created_at,
+        queued_at, created_run_id, last_run_id, failed_at, last_error, event_ids)
+    SELECT :prefix || replace(CAST(gen_random_uuid() AS text), '-', ''), customer,
+        :event_name, period_start, period_end, value, event_count,
+        to_timestamp(GREATEST(
+            ceil(extract(epoch FROM period_start)),
+            LEAST(
+                floor(extract(epoch FROM latest)),
+                floor(extract(epoch FROM CAST(:now AS timestamptz))),
+                ceil(extract(epoch FROM period_end)) - 1
+            )
+        )),
+        CASE WHEN too_old THEN 'failed' ELSE 'pending' END, 0, :now, :now, :run_id, :run_id,
+        CASE WHEN too_old THEN CAST(:now AS timestamptz) END,
+        CASE WHEN too_old THEN format(:too_old_reason, event_count,
+            to_char(oldest AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')) END,
+        CASE WHEN too_old THEN NULL ELSE event_ids END
+    FROM grouped
+    ORDER BY customer, period_start, too_old
+    RETURNING id, status, stripe_customer_id, period_start, period_end
+),
+failed_events AS (
+    UPDATE usage_events AS e SET report_status = 'batched', report_batch_id = b.id
+    FROM classified AS c
+    JOIN batches AS b ON b.status = 'failed' AND b.stripe_customer_id = c.customer
+        AND b.period_start = c.period_start AND b.period_end = c.period_end
+    WHERE e.id = c.id AND c.skip_reason IS NULL AND c.too_old
+    RETURNING e.id
+)
+SELECT 'claimed', NULL, (SELECT COUNT(*) FROM picked)
+UNION ALL SELECT 'skipped', skip_reason, COUNT(*) FROM skipped GROUP BY skip_reason
+UNION ALL SELECT 'failed_batches', NULL, COUNT(*) FROM batches WHERE status = 'failed'
+UNION ALL SELECT 'failed_events', NULL, COUNT(*) FROM failed_events
 """
 
 
@@ -790,29 +1098,23 @@ def _statements(dialect: str) -> _Statements:
     if dialect not in ("postgresql", "sqlite"):
         raise NotImplementedError(f"reporting usage is not supported on {dialect}")
     when = UTCDateTime()
+    backlog = unclaimed_backlog_condition(dialect)
     if dialect == "postgresql":
-        claim_sql = _CLAIM_SQL.format(
-            event_id="c.id::text AS id", limit="%(limit)s", lock="FOR UPDATE SKIP LOCKED"
+        lock_claim: Any = text(_PG_LOCK_CLAIM_SQL.format(backlog=backlog))
+        claim: Any = text(_PG_CLAIM_SQL.format(backlog=backlog)).columns(
+            kind=String(), reason=String(), count=Integer()
         )
 
-        def fetch_claim(session: Session, limit: int) -> Sequence[Any]:
-            # A claim reads up to --batch-size rows: straight from the driver's
-            # cursor, without SQLAlchemy's per-value processing (times come
-            # back aware, in the server's zone, which compares correctly).
-            cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(claim_sql, {"limit": limit})
-                return cursor.fetchall()
-            finally:
-                cursor.close()
-
+        fetch_claim = None
         # An array literal of canonical UUID text: one parameter, no per-id encoding.
         in_ids = "id = ANY(CAST(:ids AS uuid[]))"
+        batch_ids = f"id = ANY(ARRAY({_BATCH_EVENT_IDS[dialect]}))"
 
         def encode(ids: Sequence[str]) -> str:
             return "{" + ",".join(ids) + "}"
     else:
-        claim = text(_CLAIM_SQL.format(event_id="c.id", limit=":limit", lock="")).columns(
+        lock_claim = claim = None
+        fetch = text(_CLAIM_SQL.format(event_id="c.id", limit=":limit", backlog=backlog)).columns(
             id=String(),  # the Uuid type's storage on SQLite: 32 hex digits
             quantity=Integer(),
             occurred_at=when,
@@ -825,10 +1127,11 @@ def _statements(dialect: str) -> _Statements:
         )
 
         def fetch_claim(session: Session, limit: int) -> Sequence[Any]:
-            return session.execute(claim, {"limit": limit}).all()
+            return session.execute(fetch, {"limit": limit}).all()
 
         # One JSON parameter instead of thousands of placeholders.
         in_ids = "id IN (SELECT value FROM json_each(:ids))"
+        batch_ids = f"id IN ({_BATCH_EVENT_IDS[dialect]})"
 
         def encode(ids: Sequence[str]) -> str:
             return json.dumps(list(ids))
@@ -841,13 +1144,27 @@ def _statements(dialect: str) -> _Statements:
         "UPDATE usage_events SET report_status = 'batched', report_batch_id = :batch_id "
         f"WHERE {in_ids} AND report_status = 'pending'"
     )
-    # Only stripe_reported_at changes: no index reads it, so PostgreSQL can
-    # update the rows in place (HOT) without touching any index.
+    # The one write of a reported event. A batch lists its events until it is
+    # settled; one recovered from failure has them pointing at it already.
     report_events = text(
-        "UPDATE usage_events SET stripe_reported_at = :now "
-        "WHERE report_batch_id = :batch_id AND stripe_reported_at IS NULL"
+        "UPDATE usage_events SET report_status = 'batched', report_batch_id = :batch_id, "
+        "stripe_reported_at = :now "
+        f"WHERE stripe_reported_at IS NULL AND ({batch_ids} OR report_batch_id = :batch_id)"
     ).bindparams(bindparam("now", type_=when))
-    return _Statements(fetch_claim, skip_events, batch_events, report_events, encode)
+    fail_events = text(
+        "UPDATE usage_events SET report_status = 'batched', report_batch_id = :batch_id "
+        f"WHERE {batch_ids} AND report_status = 'pending'"
+    )
+    return _Statements(
+        lock_claim,
+        claim,
+        fetch_claim,
+        skip_events,
+        batch_events,
+        report_events,
+        fail_events,
+        encode,
+    )
 
 
 __all__ = [
@@ -860,4 +1177,5 @@ __all__ = [
     "report_usage",
     "requeue_failed_batches",
     "skip_reason",
+    "unclaimed_backlog_condition",
 ]

@@ -9,7 +9,11 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from portal.billing.reporter import STRIPE_MAX_EVENT_AGE, SkipReason
+from portal.billing.reporter import (
+    STRIPE_MAX_EVENT_AGE,
+    SkipReason,
+    unclaimed_backlog_condition,
+)
 from portal.models import UsageEvent, UsageReportBatch, UsageReportRun
 
 DEFAULT_FAILED_SHOWN = 50
@@ -121,10 +125,10 @@ def reporting_status(
     session: Session, now: datetime, *, failed_shown: int = DEFAULT_FAILED_SHOWN
 ) -> ReportingStatus:
     """Backlog, outbox, failed batches and the last runs, in a handful of small queries."""
+    # Events a pending batch lists are claimed: the outbox counts them, not the backlog.
+    backlog = unclaimed_backlog_condition(session.get_bind().dialect.name)
     pending_events, oldest_pending_at = session.execute(
-        select(func.count(), func.min(UsageEvent.recorded_at)).where(
-            UsageEvent.report_status == "pending"
-        )
+        select(func.count(), func.min(UsageEvent.recorded_at)).where(text(backlog))
     ).one()
     pending_batches, pending_batch_events, oldest_batch = session.execute(
         select(

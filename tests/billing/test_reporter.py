@@ -511,3 +511,44 @@ def test_a_database_time_zone_other_than_utc_changes_nothing(
     assert any(
         b.last_error and f"oldest at {oldest:%Y-%m-%d %H:%M} UTC" in b.last_error for b in batches
     )
+
+
+def test_events_of_a_pending_batch_are_not_claimed_again(
+    session: Session, standin: StripeStandIn, gateway: StripeMeterEventGateway
+) -> None:
+    from portal.billing.status import reporting_status
+
+    user = make_user(session, plan="pro")
+    session.commit()
+    usage = Usage(session)
+    usage.record(user, 2, billed_to=customer_of(user))
+    usage.record(user, 3, billed_to=customer_of(user))
+    standin.add_faults(Fault.server_error(503))
+
+    first = run_reporter(session, gateway, max_attempts=1)
+
+    assert (first.claimed, first.pending, first.batches_sent) == (2, 1, 0)
+    # Claimed events stay unwritten until their batch is settled, yet they are
+    # the outbox's now: not the backlog's, and not claimable a second time.
+    assert events_by_status(session) == {"pending": 2}
+    usage.record(user, 4, billed_to=customer_of(user))
+    status = reporting_status(session, NOW)
+    session.rollback()
+    assert (status.pending_events, status.pending_batches, status.pending_batch_events) == (
+        1,
+        1,
+        2,
+    )
+    preview = preview_report(session, NOW, ReportOptions())
+    session.rollback()
+    assert sorted((line.events, line.from_outbox) for line in preview.meter_events) == [
+        (1, False),
+        (2, True),
+    ]
+
+    second = run_reporter(session, gateway)
+
+    assert (second.claimed, second.batches_sent, second.events_reported) == (1, 2, 3)
+    assert_exactly_once(session, standin, usage.expected)
+    batches = session.scalars(select(UsageReportBatch).order_by(UsageReportBatch.id)).all()
+    assert [(b.event_count, b.value) for b in batches] == [(2, 5), (1, 4)]

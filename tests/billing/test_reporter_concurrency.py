@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from portal.billing import reporter
 from portal.billing.reporter import ReportSummary
 from portal.billing.stripe_client import StripeMeterEventGateway
 from portal.extensions import db
@@ -27,7 +29,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def run_in_threads(session: Session, gateway: StripeMeterEventGateway) -> list[ReportSummary]:
+def run_in_threads(
+    session: Session, gateway: StripeMeterEventGateway, senders: int = 1
+) -> list[ReportSummary]:
     """Two reporters started at the same instant, each on a session of its own."""
     barrier = threading.Barrier(2)
     engine = db.engine  # threads have no app context of their own
@@ -37,7 +41,7 @@ def run_in_threads(session: Session, gateway: StripeMeterEventGateway) -> list[R
         try:
             with Session(engine) as own:
                 barrier.wait()
-                results[index] = run_reporter(own, gateway, batch_size=40)
+                results[index] = run_reporter(own, gateway, batch_size=40, senders=senders)
         except BaseException as error:  # handed to the test thread below
             results[index] = error
 
@@ -111,6 +115,76 @@ def test_overlapping_runs_on_sqlite_step_aside_and_nothing_is_doubled(
     assert standin.max_in_flight_per_customer == 1
 
 
+@pytest.mark.parametrize("senders", [2, 4])
+def test_a_run_with_several_senders_sends_each_batch_once_through_faults(
+    session: Session,
+    standin: StripeStandIn,
+    gateway: StripeMeterEventGateway,
+    engine_name: str,
+    senders: int,
+) -> None:
+    if engine_name != "postgresql":
+        pytest.skip("SQLite sends one batch at a time")
+    usage = record_plenty(session)
+    standin.add_faults(
+        Fault.server_error(500),
+        Fault.error_after_record(503),
+        Fault.rate_limited(retry_after=0.01),
+        Fault.dropped_after_record(),
+        Fault.error_after_record(500),
+    )
+
+    summary = run_reporter(session, gateway, batch_size=40, senders=senders)
+
+    assert summary.exit_code == 0, summary
+    assert summary.claimed == summary.events_reported == 250
+    # A retry that meets the next fault may find its event already recorded.
+    assert 1 <= summary.retried <= 5
+    assert_exactly_once(session, standin, usage.expected)
+    assert standin.max_in_flight_per_customer == 1
+
+
+def test_two_reporters_with_several_senders_each_put_each_event_in_one_sent_batch(
+    session: Session,
+    standin: StripeStandIn,
+    gateway: StripeMeterEventGateway,
+    engine_name: str,
+) -> None:
+    if engine_name != "postgresql":
+        pytest.skip("SQLite runs one reporter at a time, sending one batch at a time")
+    usage = record_plenty(session)
+
+    summaries = run_in_threads(session, gateway, senders=3)
+
+    assert all(s.error is None and s.failed == 0 for s in summaries), summaries
+    # A batch one run put aside (its customer busy) may be sent by the other
+    # after the first has summed up: that run says "pending", honestly.
+    session.expire_all()
+    if any(s.pending for s in summaries):
+        run_reporter(session, gateway)
+    assert_exactly_once(session, standin, usage.expected)
+    assert standin.max_in_flight_per_customer == 1
+
+
+def test_a_claim_refuses_to_run_on_a_snapshot_older_than_the_claim_lock(
+    session: Session,
+    standin: StripeStandIn,
+    gateway: StripeMeterEventGateway,
+    engine_name: str,
+) -> None:
+    if engine_name != "postgresql":
+        pytest.skip("SQLite claims under its one writer lock")
+    usage = record_plenty(session)
+    repeatable_read = db.engine.execution_options(isolation_level="REPEATABLE READ")
+
+    with Session(repeatable_read) as own, pytest.raises(RuntimeError, match="READ COMMITTED"):
+        run_reporter(own, gateway)
+
+    assert standin.requests == []
+    run_reporter(session, gateway)
+    assert_exactly_once(session, standin, usage.expected)
+
+
 def report_usage_process(database_url: str, standin: StripeStandIn) -> subprocess.Popen[str]:
     """``flask report-usage`` in a process of its own, as cron runs it."""
     env = {
@@ -176,3 +250,58 @@ def test_a_reporter_killed_after_stripe_accepted_its_batch_loses_and_doubles_not
         )
         assert_exactly_once(session, standin, usage.expected)
         assert len(standin.events) == 1
+
+
+def test_events_locked_on_an_outdated_snapshot_are_not_claimed_twice(
+    session: Session,
+    standin: StripeStandIn,
+    gateway: StripeMeterEventGateway,
+    engine_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race the claim's second statement closes (see the reporter's docstring).
+
+    A claim whose locking statement started before another claim committed
+    can lock that claim's events once they are unlocked, because its snapshot
+    does not show the other claim's batches. Here the locking statement sees
+    no batches at all, as such a snapshot would: the claim must still leave
+    out every event that a pending batch lists.
+    """
+    if engine_name != "postgresql":
+        pytest.skip("SQLite claims under its one writer lock")
+    usage = record_plenty(session)
+    standin.add_faults(*[Fault.server_error(503)] * 1000)
+    first = run_reporter(session, gateway, max_attempts=1)
+    assert first.pending and standin.events == []  # its batches wait, listing their events
+    standin.clear_faults()
+
+    outdated_lock = text(
+        "SELECT current_setting('transaction_isolation'), "
+        "'{' || string_agg(CAST(id AS text), ',') || '}' "
+        "FROM (SELECT id FROM usage_events WHERE report_status = 'pending' "
+        "LIMIT :limit FOR UPDATE SKIP LOCKED) AS locked"
+    )
+    claim = reporter._Run._claim_in_sql
+    outdated_claims: list[int] = []
+
+    def first_claim_on_an_outdated_snapshot(run: reporter._Run, size: int) -> int:
+        if outdated_claims:
+            return claim(run, size)
+        outdated_claims.append(size)
+        statements = run.statements
+        run.statements = dataclasses.replace(statements, lock_claim=outdated_lock)
+        try:
+            return claim(run, size)
+        finally:
+            run.statements = statements
+
+    monkeypatch.setattr(reporter._Run, "_claim_in_sql", first_claim_on_an_outdated_snapshot)
+    # The pending batches fail once more, so they are still pending when the
+    # second run claims; then Stripe works again.
+    standin.add_faults(*[Fault.server_error(503)] * first.pending)
+    second = run_reporter(session, gateway, max_attempts=1)
+    assert outdated_claims and second.pending == first.pending
+    third = run_reporter(session, gateway)
+
+    assert third.exit_code == 0
+    assert_exactly_once(session, standin, usage.expected)
