@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
 from portal.accounts import create_organization, create_user
+from portal.billing.reporter import SkipReason
 from portal.models import UsageEvent, User
 from portal.periods import add_months
 from portal.plans import get_plan
@@ -187,11 +188,18 @@ def seed_demo(session: Session, now: datetime) -> DemoResult:
         result.events += _backfill(session, rng, user_id, share, history_share, now)
     result.users = len(targets)
 
-    # Everything paid and older than a couple of days was reported long ago.
+    # Everything paid and older than a couple of days was reported long ago,
+    # before this portal's reporter: it leaves the backlog as the reporter
+    # would leave it (skipped, already reported), so `flask usage-status`
+    # shows only the recent usage as waiting.
     session.execute(
         update(UsageEvent)
         .where(UsageEvent.recorded_at < now - UNREPORTED_WINDOW, UsageEvent.plan_id != "free")
-        .values(stripe_reported_at=UsageEvent.recorded_at)
+        .values(
+            stripe_reported_at=UsageEvent.recorded_at,
+            report_status="skipped",
+            report_skip_reason=SkipReason.ALREADY_REPORTED.value,
+        )
     )
     session.flush()
     return result

@@ -159,3 +159,11 @@ def test_seed_demo_loads_a_living_portal_once(app: Flask, session: Session) -> N
         )
     )
     assert unreported and unreported > 0
+    # Only that recent usage waits for the reporter; what was reported before
+    # left the backlog, as the reporter itself would have left it.
+    waiting = session.scalar(
+        select(func.count()).where(
+            UsageEvent.report_status == "pending", UsageEvent.plan_id != "free"
+        )
+    )
+    assert waiting == unreported
