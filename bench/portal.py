@@ -40,8 +40,10 @@ as in ``bench.record_usage``; ``BENCH_WRK`` (path of wrk; default: found on
 ``--workers 4 --worker-class sync``); ``BENCH_QUIET_WAIT`` (seconds to wait, before
 each wrk workload, for other work to leave the CPUs mostly idle, and to measure a
 workload again, up to 3 times, when other processes used more than 10 % of the CPUs
-during it; default 120, 0 to do neither). The benchmark process itself needs
-``PORTAL_ENV=development`` (``make bench`` exports it).
+during it; default 120, 0 to do neither); ``BENCH_PORTAL_PARTS`` (``all``, the
+default, or ``live`` for the live region alone: no organization is loaded or
+measured, which saves most of the run while tuning ``/usage/current``). The
+benchmark process itself needs ``PORTAL_ENV=development`` (``make bench`` exports it).
 """
 
 from __future__ import annotations
@@ -246,6 +248,8 @@ class Settings:
     wrk: str
     gunicorn_args: tuple[str, ...]
     quiet_wait: int
+    live_only: bool = False
+    """Measure the live region alone (``BENCH_PORTAL_PARTS=live``)."""
 
     @property
     def local_database(self) -> bool:
@@ -363,6 +367,13 @@ def _gunicorn_args() -> tuple[str, ...]:
     return arguments
 
 
+def _live_only() -> bool:
+    parts = os.environ.get("BENCH_PORTAL_PARTS", "").strip() or "all"
+    if parts not in ("all", "live"):
+        raise BenchmarkError(f"BENCH_PORTAL_PARTS must be 'all' or 'live', got {parts!r}")
+    return parts == "live"
+
+
 def load_settings() -> Settings:
     _check_portal_environment()
     if importlib.util.find_spec("gunicorn") is None:
@@ -376,6 +387,7 @@ def load_settings() -> Settings:
         wrk=_find_wrk(),
         gunicorn_args=_gunicorn_args(),
         quiet_wait=_int_setting("BENCH_QUIET_WAIT", 120, 0),
+        live_only=_live_only(),
     )
 
 
@@ -403,8 +415,8 @@ def _user_address(index: int) -> str:
 ADMIN_ADDRESS = "127.0.200.1"
 
 
-def prepare_database(database_url: str) -> Fixture:
-    """Migrate the scratch database, then load the users and the organization."""
+def prepare_database(database_url: str, *, organization: bool = True) -> Fixture:
+    """Migrate the scratch database; load the users and, if asked, the organization."""
     from flask_migrate import upgrade
     from werkzeug.security import generate_password_hash
 
@@ -479,8 +491,10 @@ def prepare_database(database_url: str) -> Fixture:
         periods = [current.shifted(-back) for back in range(ORG_PERIODS)]
         session.commit()
 
-        rows = _load_organization(
-            session.connection(), org_id, anchor, now, periods, ORG_MEMBERS - 1
+        rows = (
+            _load_organization(session.connection(), org_id, anchor, now, periods, ORG_MEMBERS - 1)
+            if organization
+            else {"members": 1, "member_usage": 0, "events": 0}
         )
         session.commit()
         db.session.remove()
@@ -1356,15 +1370,21 @@ def _mb(size: float) -> str:
 
 
 @dataclass(frozen=True)
+class OrganizationResults:
+    over_http: Timings
+    in_process: InProcess
+    csv_runs: list[CsvRun]
+
+
+@dataclass(frozen=True)
 class Results:
     server_command: str
     fixture: Fixture
     baseline: WrkResult
     current: WrkResult
     not_modified: WrkResult
-    over_http: Timings
-    in_process: InProcess
-    csv_runs: list[CsvRun]
+    organization: OrganizationResults | None
+    """``None`` when only the live region was measured (``BENCH_PORTAL_PARTS=live``)."""
     conditions: dict[str, str]
 
 
@@ -1409,7 +1429,7 @@ def _live_table(results: Results) -> str:
     return "\n".join(rows)
 
 
-def _page_table(results: Results) -> str:
+def _page_table(results: OrganizationResults) -> str:
     rows = [
         "| Measurement | Runs | Median (ms) | p95 (ms) | Target | Result |",
         "|---|---:|---:|---:|---|:---:|",
@@ -1428,7 +1448,7 @@ def _streamed(runs: Sequence[CsvRun]) -> bool:
     return all(run.chunked and run.content_length is None and run.chunks > 1 for run in runs)
 
 
-def _csv_table(results: Results) -> str:
+def _csv_table(results: OrganizationResults) -> str:
     runs = results.csv_runs
     totals = sorted(run.total for run in runs)
     total = statistics.median(totals)
@@ -1447,7 +1467,7 @@ def _csv_table(results: Results) -> str:
     )
 
 
-def _memory_note(results: Results) -> str:
+def _memory_note(results: OrganizationResults) -> str:
     runs = results.csv_runs
     last = runs[-1]
     growth = [run.peak_rss - run.idle_rss for run in runs if run.peak_rss is not None]
@@ -1467,26 +1487,33 @@ def _memory_note(results: Results) -> str:
 
 
 def render(settings: Settings, results: Results) -> str:
-    fixture, current, baseline = results.fixture, results.current, results.baseline
-    runs = results.csv_runs
-    streamed = (
-        f"no `Content-Length`, `Transfer-Encoding: chunked`, {runs[-1].chunks} chunks"
-        if _streamed(runs)
-        else f"NOT streamed (Content-Length {runs[-1].content_length}, chunked={runs[-1].chunked})"
-    )
-    first_byte = statistics.median(run.first_byte for run in runs) * 1000
-    headers = statistics.median(run.headers for run in runs) * 1000
-    total = statistics.median(run.total for run in runs) * 1000
     conditions = "\n".join(f"- {key}: {value}" for key, value in results.conditions.items())
     cores = len(os.sched_getaffinity(0))
-    return f"""## Portal pages under gunicorn: the live region and a 10,000-member organization
+    organization = results.organization
+    title = "the live region" + (
+        " and a 10,000-member organization" if organization is not None else " alone"
+    )
+    sections = [_live_section(settings, results)]
+    if organization is not None:
+        sections.append(_organization_section(results.fixture, organization))
+    body = "\n".join(sections)
+    return f"""## Portal pages under gunicorn: {title}
 
 Served by `{results.server_command}` with `PORTAL_ENV=production` (a random
 64-character `SECRET_KEY`, `Secure` session cookies) on a scratch PostgreSQL database; gunicorn,
 PostgreSQL and the load generator share the machine's {cores} CPUs (hence 4 sync workers,
 two per CPU, by default; `BENCH_GUNICORN_ARGS` sets others).
 
-### `/usage/current` with {CONNECTIONS} concurrent clients
+{body}
+### Conditions
+
+{conditions}
+"""
+
+
+def _live_section(settings: Settings, results: Results) -> str:
+    current, baseline = results.current, results.baseline
+    return f"""### `/usage/current` with {CONNECTIONS} concurrent clients
 
 {USERS} users on the {USER_PLAN} plan, each with usage this period, sign in through the
 real form (`GET /login` for the CSRF token, `POST /login`), each from a loopback address
@@ -1510,8 +1537,20 @@ headers (cookie, `X-Forwarded-For` with the user's address as a proxy would send
 - CPU per request: CPU time of all gunicorn processes, and of the PostgreSQL backends
   serving them, over the requests. The machine was {current.machine_busy:.0%} busy during
   the 200 run ({baseline.machine_busy:.0%} during the baseline): CPU-bound.
+"""
 
-### An organization of {fixture.members:,} members with a year of history
+
+def _organization_section(fixture: Fixture, results: OrganizationResults) -> str:
+    runs = results.csv_runs
+    streamed = (
+        f"no `Content-Length`, `Transfer-Encoding: chunked`, {runs[-1].chunks} chunks"
+        if _streamed(runs)
+        else f"NOT streamed (Content-Length {runs[-1].content_length}, chunked={runs[-1].chunked})"
+    )
+    first_byte = statistics.median(run.first_byte for run in runs) * 1000
+    headers = statistics.median(run.headers for run in runs) * 1000
+    total = statistics.median(run.total for run in runs) * 1000
+    return f"""### An organization of {fixture.members:,} members with a year of history
 
 A `{ORG_PLAN}` organization with {ORG_MEMBERS:,} seats, loaded with bulk SQL:
 {fixture.members:,} users and memberships, {fixture.member_usage_rows:,} `member_usage`
@@ -1534,9 +1573,6 @@ period, sorted by usage, 25 rows (checked on every run).
   {first_byte:.0f} ms of {total:.0f} ms (medians).
 - {_memory_note(results)}
 
-### Conditions
-
-{conditions}
 """
 
 
@@ -1569,11 +1605,16 @@ def run() -> str:
 
 def _run_all(settings: Settings, admin: Engine, database_url: str) -> Results:
     engine_url = _normalize(database_url)
-    _log(f"loading {BENCH_DATABASE}: {USERS} users, an organization of {ORG_MEMBERS:,}")
-    fixture = prepare_database(engine_url)
+    if settings.live_only:
+        _log(f"loading {BENCH_DATABASE}: {USERS} users (live region only)")
+    else:
+        _log(f"loading {BENCH_DATABASE}: {USERS} users, an organization of {ORG_MEMBERS:,}")
+    fixture = prepare_database(engine_url, organization=not settings.live_only)
     _log(f"loaded in {fixture.seconds:.1f} s")
     load_start = os.getloadavg()[0]
     busy = [other_activity(admin)]
+    organization: OrganizationResults | None = None
+    over_http: tuple[Timings, list[CsvRun]] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-portal-") as scratch:
         workdir = Path(scratch)
         (workdir / "portal.lua").write_text(WRK_SCRIPT)
@@ -1593,27 +1634,15 @@ def _run_all(settings: Settings, admin: Engine, database_url: str) -> Results:
                 mode="etag",
                 expected_status=304,
             )
-
-            _log("the organization: first page and CSV through gunicorn")
-            admin_cookie = sign_in(server, fixture.admin_email, ADMIN_ADDRESS)
-            busy.append(other_activity(admin))
-            over_http = time_page_over_http(
-                server, f"/orgs/{fixture.org_slug}/usage", admin_cookie, ADMIN_ADDRESS
-            )
-            csv_path = f"/orgs/{fixture.org_slug}/usage.csv"
-            fetch_csv(server, csv_path, admin_cookie, ADMIN_ADDRESS)  # warm-up
-            csv_runs = [
-                fetch_csv(server, csv_path, admin_cookie, ADMIN_ADDRESS) for _ in range(CSV_RUNS)
-            ]
-            for csv_run in csv_runs:
-                if csv_run.rows != fixture.members:
-                    raise BenchmarkError(
-                        f"the CSV had {csv_run.rows} rows, not one per member ({fixture.members})"
-                    )
+            if not settings.live_only:
+                over_http = _organization_over_http(server, fixture, admin, busy)
             server_command = server.command.replace(f"127.0.0.1:{server.port}", "127.0.0.1:PORT")
-    _log("the organization: in-process")
-    busy.append(other_activity(admin))
-    in_process = measure_in_process(engine_url, fixture)
+    if over_http is not None:
+        _log("the organization: in-process")
+        busy.append(other_activity(admin))
+        in_process = measure_in_process(engine_url, fixture)
+        page_over_http, csv_runs = over_http
+        organization = OrganizationResults(page_over_http, in_process, csv_runs)
     others = ", ".join(f"{result.other_load:.0%}" for result in (baseline, current, not_modified))
     redone = (
         "Measurements made of each workload (redone when other processes used more than "
@@ -1628,8 +1657,8 @@ def _run_all(settings: Settings, admin: Engine, database_url: str) -> Results:
         ),
         "CPU used by other processes during the three wrk runs (share of all CPUs)": others,
         redone: ", ".join(str(result.attempts) for result in (baseline, current, not_modified)),
-        "Busy sessions of other clients on the PostgreSQL server (sampled 5 times)": ", ".join(
-            str(count) for count in busy
+        f"Busy sessions of other clients on the PostgreSQL server (sampled {len(busy)} times)": (
+            ", ".join(str(count) for count in busy)
         ),
         "Loading the scratch database": f"{fixture.seconds:.1f} s",
     }
@@ -1639,11 +1668,30 @@ def _run_all(settings: Settings, admin: Engine, database_url: str) -> Results:
         baseline=baseline,
         current=current,
         not_modified=not_modified,
-        over_http=over_http,
-        in_process=in_process,
-        csv_runs=csv_runs,
+        organization=organization,
         conditions=conditions,
     )
+
+
+def _organization_over_http(
+    server: Server, fixture: Fixture, admin: Engine, busy: list[int]
+) -> tuple[Timings, list[CsvRun]]:
+    """The member table's first page and the CSV export, as the organization's admin."""
+    _log("the organization: first page and CSV through gunicorn")
+    admin_cookie = sign_in(server, fixture.admin_email, ADMIN_ADDRESS)
+    busy.append(other_activity(admin))
+    over_http = time_page_over_http(
+        server, f"/orgs/{fixture.org_slug}/usage", admin_cookie, ADMIN_ADDRESS
+    )
+    csv_path = f"/orgs/{fixture.org_slug}/usage.csv"
+    fetch_csv(server, csv_path, admin_cookie, ADMIN_ADDRESS)  # warm-up
+    csv_runs = [fetch_csv(server, csv_path, admin_cookie, ADMIN_ADDRESS) for _ in range(CSV_RUNS)]
+    for csv_run in csv_runs:
+        if csv_run.rows != fixture.members:
+            raise BenchmarkError(
+                f"the CSV had {csv_run.rows} rows, not one per member ({fixture.members})"
+            )
+    return over_http, csv_runs
 
 
 def _measurer(

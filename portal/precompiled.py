@@ -61,6 +61,12 @@ def fetch_rows(
         try:
             cursor.execute(query.postgresql_sql, {**query.constants, **parameters})
             return cursor.fetchall()
+        except connection.dialect.loaded_dbapi.Error as error:
+            # SQLAlchemy never saw this statement, so tell it: a connection the
+            # database dropped must not go back to the pool.
+            if connection.dialect.is_disconnect(error, dbapi_connection, cursor):
+                connection.invalidate(error)
+            raise
         finally:
             cursor.close()
     return [tuple(row) for row in connection.execute(query.statement, dict(parameters))]

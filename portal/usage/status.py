@@ -7,19 +7,39 @@ API and the CLI all show, so they can never disagree.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    and_,
+    bindparam,
+    literal_column,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
-from portal.models import MemberUsage, UsageRecord
-from portal.periods import BillingPeriod
+from portal.models import MemberUsage, Organization, UsageRecord, UTCDateTime
+from portal.periods import BillingPeriod, as_utc
 from portal.plans import Plan, WarningLevel, percent_used, warning_level
-from portal.usage.subjects import BillingSubject, EffectivePlan, SubjectKind, resolve_effective_plan
+from portal.precompiled import PrecompiledSelect, fetch_rows, precompile
+from portal.usage.subjects import (
+    BillingSubject,
+    EffectivePlan,
+    SubjectKind,
+    UnknownUser,
+    effective_plan_from_row,
+    effective_plan_query,
+    resolve_effective_plan,
+)
 
 # Early in a period the pace is noise: project as if at least this much of
 # the period had passed.
@@ -180,3 +200,99 @@ def check_usage(session: Session, user: int | str, now: datetime) -> UsageStatus
     """Where the user (id or email) stands in the billing period containing ``now``."""
     effective = resolve_effective_plan(session, user)
     return status_for(session, effective, effective.period_at(now), now)
+
+
+# No billing period is longer than this (31 days at most), so the current
+# period's start always lies within it before ``now``.
+LONGEST_PERIOD = timedelta(days=32)
+
+
+@dataclass(frozen=True)
+class _CurrentUsageQuery:
+    query: PrecompiledSelect
+    plan_columns: int
+    """The leading columns of each row: the resolution query's row (see ``subjects``)."""
+
+
+@functools.cache
+def _current_usage_query() -> _CurrentUsageQuery:
+    """The effective plan and every usage row it may need, as one statement.
+
+    The resolution query of ``subjects`` (the one rule of who pays) runs as a
+    CTE; joined to it are the running totals that start in the last
+    ``LONGEST_PERIOD`` for the user alone, for the pool of the organization the
+    resolution chose, and for the user's part of that pool. Which of them
+    counts, and which period is current, is decided in Python by the same
+    ``EffectivePlan`` and period rule as everywhere else.
+    """
+    plan_query = effective_plan_query("id")
+    resolution = plan_query.cte("resolution")
+    chosen_org_column = next(
+        (
+            index
+            for index, column in enumerate(plan_query.selected_columns)
+            if column is Organization.__table__.c.id
+        ),
+        None,
+    )
+    if chosen_org_column is None:
+        raise LookupError("the resolution query no longer selects organizations.id")
+    chosen_org = select(resolution.c[chosen_org_column]).scalar_subquery()
+    records = UsageRecord.__table__
+    members = MemberUsage.__table__
+    user_id = bindparam("user_key", type_=Integer)
+    since = bindparam("since", type_=UTCDateTime())
+    until = bindparam("until", type_=UTCDateTime())
+
+    def recent(period_start: ColumnElement[Any]) -> ColumnElement[bool]:
+        return and_(period_start > since, period_start <= until)
+
+    usage = union_all(
+        select(
+            literal_column("'user'").label("kind"), records.c.period_start, records.c.used
+        ).where(records.c.user_id == user_id, recent(records.c.period_start)),
+        select(literal_column("'pool'"), records.c.period_start, records.c.used).where(
+            records.c.organization_id == chosen_org, recent(records.c.period_start)
+        ),
+        select(literal_column("'member'"), members.c.period_start, members.c.used).where(
+            members.c.organization_id == chosen_org,
+            members.c.user_id == user_id,
+            recent(members.c.period_start),
+        ),
+    ).subquery("usage")
+    statement = (
+        select(*resolution.c, usage.c.kind, usage.c.period_start, usage.c.used)
+        .select_from(resolution)
+        .outerjoin(usage, true())
+    )
+    return _CurrentUsageQuery(
+        precompile(statement, ["user_key", "since", "until"]), len(plan_query.selected_columns)
+    )
+
+
+def current_usage_status(connection: Connection, user_id: int, now: datetime) -> UsageStatus:
+    """``check_usage`` for a user id in a single read-only statement (the polled live region).
+
+    Gives the very ``UsageStatus`` that ``check_usage`` gives; raises
+    ``UnknownUser`` when there is no such user.
+    """
+    now = as_utc(now)
+    current = _current_usage_query()
+    rows = fetch_rows(
+        connection,
+        current.query,
+        {"user_key": user_id, "since": now - LONGEST_PERIOD, "until": now},
+    )
+    if not rows:
+        raise UnknownUser(f"no user {user_id!r}")
+    effective = effective_plan_from_row(rows[0][: current.plan_columns])
+    period = effective.period_at(now)
+    # Aware datetimes compare as instants, whatever zone the driver used.
+    used = {
+        kind: amount
+        for kind, period_start, amount in (row[current.plan_columns :] for row in rows)
+        if kind is not None and period_start == period.start
+    }
+    if effective.subject.kind is SubjectKind.ORGANIZATION:
+        return build_status(effective, period, used.get("pool", 0), used.get("member", 0), now)
+    return build_status(effective, period, used.get("user", 0), None, now)

@@ -87,7 +87,7 @@ def normalize_email(email: str) -> str:
 
 
 @functools.cache
-def _effective_plan_query(lookup: str) -> Select[Any]:
+def effective_plan_query(lookup: str) -> Select[Any]:
     """The resolution query, built once: this runs on every recorded event."""
     users = User.__table__
     subscriptions = UserSubscription.__table__
@@ -151,10 +151,10 @@ def resolve_effective_plan(session: Session, user: int | str) -> EffectivePlan:
     if connection.dialect.name == "postgresql":
         return _resolve_on_postgresql(session, user).plan
     lookup, key = _lookup(user)
-    row = connection.execute(_effective_plan_query(lookup), {"user_key": key}).one_or_none()
+    row = connection.execute(effective_plan_query(lookup), {"user_key": key}).one_or_none()
     if row is None:
         raise UnknownUser(f"no user {user!r}")
-    return _effective_plan(row)
+    return effective_plan_from_row(row)
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ def _resolve_on_postgresql(session: Session, user: int | str) -> Resolution:
         if row is None:
             _recent.pop((lookup, key), None)
             raise UnknownUser(f"no user {user!r}")
-        resolution = Resolution(lookup, key, tuple(row), _effective_plan(row))
+        resolution = Resolution(lookup, key, tuple(row), effective_plan_from_row(row))
         _recent.pop((lookup, key), None)
         if len(_recent) >= RECENT_RESOLUTIONS:
             del _recent[next(iter(_recent))]  # the oldest
@@ -213,11 +213,11 @@ def _resolve_on_postgresql(session: Session, user: int | str) -> Resolution:
 
 @functools.cache
 def _precompiled_resolution(lookup: str) -> PrecompiledSelect:
-    return precompile(_effective_plan_query(lookup), ["user_key"])
+    return precompile(effective_plan_query(lookup), ["user_key"])
 
 
 RESOLUTION_COLUMNS = 12
-"""Columns of the resolution query's row (see ``_effective_plan``)."""
+"""Columns of the resolution query's row (see ``effective_plan_from_row``)."""
 
 
 @functools.cache
@@ -253,11 +253,11 @@ def resolve_effective_plans(session: Session, emails: Iterable[str]) -> dict[str
     keys = sorted({normalize_email(email) for email in emails})
     if not keys:
         return {}
-    rows = session.connection().execute(_effective_plan_query("emails"), {"user_keys": keys})
-    return {plan.email: plan for plan in map(_effective_plan, rows)}
+    rows = session.connection().execute(effective_plan_query("emails"), {"user_keys": keys})
+    return {plan.email: plan for plan in map(effective_plan_from_row, rows)}
 
 
-def _effective_plan(row: Any) -> EffectivePlan:
+def effective_plan_from_row(row: Any) -> EffectivePlan:
     (
         user_id,
         email,

@@ -102,6 +102,7 @@ def test_live_region_is_served_alone_and_answers_304_when_unchanged(
     session: Session, signed_in: SignIn
 ) -> None:
     user = make_user(session, plan="pro", password=PASSWORD, anchor=now() - timedelta(days=1))
+    session.commit()
     client = signed_in(user.email)
     first = client.get("/usage/current", headers={"HX-Request": "true"})
     body = first.get_data(as_text=True)
@@ -134,6 +135,7 @@ def test_history_lists_twelve_periods_with_chart_and_table(
 
 def test_pages_render_assets_from_versioned_local_urls(session: Session, signed_in: SignIn) -> None:
     user = make_user(session, password=PASSWORD)
+    session.commit()
     client = signed_in(user.email)
     html = text(client, "/usage")
     assert "/static/vendor/htmx-2.0.11/htmx.min.js" in html

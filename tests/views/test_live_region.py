@@ -1,0 +1,239 @@
+"""The polled live region (``/usage/current``) and the signed-in user behind every page.
+
+Pages load the signed-in user with one small statement, and the pages with
+the usage bar load the user and the usage together in one, instead of the
+ORM; these tests hold both to what ``check_usage`` and the accounts table
+say, on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask, template_rendered
+from flask.testing import FlaskClient
+from sqlalchemy import Connection, delete, event
+from sqlalchemy.orm import Session
+
+from portal.extensions import db
+from portal.models import User
+from portal.usage import UnknownUser, UsageStatus, check_usage, record_usage
+from portal.usage.status import current_usage_status
+from tests.factories import make_org, make_user
+from tests.views.conftest import PASSWORD
+
+SignIn = Callable[[str], FlaskClient]
+
+T0 = datetime(2026, 1, 31, 9, 30, tzinfo=UTC)
+"""An anchor on the 31st: periods end on Feb 28, Mar 31, Apr 30 …"""
+
+
+def use(session: Session, user_id: int, quantity: int, at: datetime) -> None:
+    record_usage(session, user_id, idempotency_key=f"{user_id}-{at}", now=at, quantity=quantity)
+    session.commit()
+
+
+@contextmanager
+def autocommit_connection() -> Iterator[Connection]:
+    """A connection like the one requests read through: no transaction around statements."""
+    with db.engine.connect() as connection:
+        yield connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def both_ways(session: Session, user_id: int, at: datetime) -> tuple[UsageStatus, UsageStatus]:
+    with autocommit_connection() as connection:
+        single = current_usage_status(connection, user_id, at)
+    return single, check_usage(session, user_id, at)
+
+
+def test_single_statement_matches_check_usage_across_period_boundaries(session: Session) -> None:
+    user = make_user(session, plan="pro", anchor=T0)
+    use(session, user.id, 7, T0 + timedelta(days=3))  # Jan 31 – Feb 28
+    use(session, user.id, 11, datetime(2026, 2, 28, 9, 30, tzinfo=UTC))  # exactly the next start
+    use(session, user.id, 2, datetime(2026, 3, 30, 23, 0, tzinfo=UTC))
+    moments = [
+        T0,
+        T0 + timedelta(days=3, hours=1),
+        datetime(2026, 2, 28, 9, 29, 59, 999999, tzinfo=UTC),  # last instant of period one
+        datetime(2026, 2, 28, 9, 30, tzinfo=UTC),
+        datetime(2026, 3, 31, 9, 29, tzinfo=UTC),
+        datetime(2026, 3, 31, 9, 30, tzinfo=UTC),  # a new period, nothing used yet
+        datetime(2026, 6, 1, tzinfo=UTC),
+    ]
+    seen = []
+    for moment in moments:
+        single, reference = both_ways(session, user.id, moment)
+        assert single == reference
+        seen.append(single.used)
+    # Running totals per period: the one containing each moment, whenever it was used.
+    assert seen == [7, 7, 7, 13, 13, 0, 0]
+
+
+def test_single_statement_matches_check_usage_for_every_kind_of_subject(
+    session: Session,
+) -> None:
+    at = T0 + timedelta(days=10)
+    org = make_org(session, plan="team", seats=3, anchor=T0 - timedelta(days=40))
+    member = make_user(session, org=org)
+    teammate = make_user(session, org=org)
+    idle_member = make_user(session, org=org)
+    # An individual paid plan wins over a live membership.
+    paying_member = make_user(session, plan="starter", org=org, anchor=T0)
+    free = make_user(session)
+    session.commit()
+    use(session, member.id, 4, at - timedelta(days=1))
+    use(session, teammate.id, 9, at - timedelta(hours=1))
+    use(session, paying_member.id, 3, at - timedelta(hours=2))
+    use(session, free.id, 2, at - timedelta(hours=3))
+    use(session, member.id, 5, at - timedelta(days=35))  # the org's previous period
+
+    for user in (member, teammate, idle_member, paying_member, free):
+        single, reference = both_ways(session, user.id, at)
+        assert single == reference, user.email
+    member_status, _ = both_ways(session, member.id, at)
+    assert (member_status.used, member_status.member_used) == (13, 4)
+    idle_status, _ = both_ways(session, idle_member.id, at)
+    assert (idle_status.used, idle_status.member_used) == (13, 0)
+    paying_status, _ = both_ways(session, paying_member.id, at)
+    assert (paying_status.plan.id, paying_status.used, paying_status.member_used) == (
+        "starter",
+        3,
+        None,
+    )
+
+
+def test_single_statement_refuses_an_unknown_user(session: Session) -> None:
+    with autocommit_connection() as connection, pytest.raises(UnknownUser):
+        current_usage_status(connection, 987654, T0)
+
+
+def test_live_region_shows_the_numbers_check_usage_gives(
+    session: Session, signed_in: SignIn
+) -> None:
+    now = datetime.now(UTC)
+    org = make_org(session, plan="team", seats=2, anchor=now - timedelta(days=3))
+    alice = make_user(session, org=org, password=PASSWORD)
+    bob = make_user(session, org=org)
+    session.commit()
+    use(session, alice.id, 30, now)
+    use(session, bob.id, 42, now)
+    expected = check_usage(session, alice.id, datetime.now(UTC)).as_dict()
+
+    html = re.sub(r"\s+", " ", signed_in(alice.email).get("/usage/current").get_data(as_text=True))
+
+    assert f'<strong data-testid="used">{expected["used"]}</strong> of 100' in html
+    assert expected["used"] == 72 and expected["member_used"] == 30
+    assert f'<span data-testid="percent">{expected["percent"]}</span>%' in html
+    assert f'<span data-testid="remaining">{expected["remaining"]}</span> remaining' in html
+    assert f"Your share of the pool: <strong>{expected['member_used']}</strong>" in html
+    assert f'data-testid="projected">{expected["projected_used"]:,}<' in html
+
+
+def test_unchanged_region_answers_304_without_rendering(
+    app: Flask, session: Session, signed_in: SignIn
+) -> None:
+    user = make_user(session, plan="pro", password=PASSWORD)
+    session.commit()
+    client = signed_in(user.email)
+    etag = client.get("/usage/current").headers["ETag"]
+    rendered: list[str] = []
+
+    def record(sender: Flask, template: object, **extra: object) -> None:
+        rendered.append(str(getattr(template, "name", template)))
+
+    with template_rendered.connected_to(record, app):
+        again = client.get("/usage/current", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b"" and rendered == []
+    assert again.headers["ETag"] == etag and again.headers["Cache-Control"] == "private, no-cache"
+    assert again.headers["Content-Security-Policy"]  # security headers on every answer
+
+
+def test_pages_show_the_signed_in_email(session: Session, signed_in: SignIn) -> None:
+    user = make_user(session, email="grace@example.com", password=PASSWORD)
+    session.commit()
+    html = signed_in(user.email).get("/usage/history").get_data(as_text=True)
+    assert "Signed in as grace@example.com" in html
+
+
+def test_deleted_account_is_signed_out_on_its_next_request(
+    session: Session, signed_in: SignIn
+) -> None:
+    user = make_user(session, email="gone@example.com", password=PASSWORD)
+    session.commit()
+    client = signed_in(user.email)
+    assert client.get("/usage/current").status_code == 200
+
+    session.execute(delete(User).where(User.id == user.id))
+    session.commit()
+
+    poll = client.get("/usage/current", headers={"HX-Request": "true"})
+    assert poll.status_code == 401 and poll.headers["HX-Redirect"] == "/login"
+    assert b"<section" not in poll.data
+    for path in ("/usage", "/usage/history"):
+        page = client.get(path)
+        assert page.status_code == 302 and page.headers["Location"].startswith("/login?next=")
+
+
+@contextmanager
+def statements_sent() -> Iterator[list[str]]:
+    """Every statement sent to the database meanwhile, through SQLAlchemy or not.
+
+    On PostgreSQL the hot reads go straight to the driver's cursor, which
+    SQLAlchemy's events don't see, so the driver's cursors are counted there.
+    """
+    seen: list[str] = []
+    engine = db.engine
+    if engine.dialect.name != "postgresql":
+
+        def before(*args: Any) -> None:
+            seen.append(args[2])
+
+        event.listen(engine, "before_cursor_execute", before)
+        try:
+            yield seen
+        finally:
+            event.remove(engine, "before_cursor_execute", before)
+        return
+
+    import psycopg
+
+    class CountingCursor(psycopg.Cursor[Any]):
+        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append(str(query))
+            return super().execute(query, *args, **kwargs)
+
+    def checkout(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.cursor_factory = CountingCursor
+
+    def checkin(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.cursor_factory = psycopg.Cursor
+
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "checkout", checkout)
+        event.remove(engine, "checkin", checkin)
+
+
+def test_a_poll_reads_the_user_and_the_usage_in_one_statement(
+    session: Session, signed_in: SignIn
+) -> None:
+    org = make_org(session, plan="team", seats=2)
+    user = make_user(session, org=org, password=PASSWORD)
+    session.commit()
+    client = signed_in(user.email)
+    client.get("/usage/current")  # the first request of a client may set up more
+    etag = client.get("/usage/current").headers["ETag"]
+
+    with statements_sent() as fresh:
+        assert client.get("/usage/current").status_code == 200
+    with statements_sent() as unchanged:
+        assert client.get("/usage/current", headers={"If-None-Match": etag}).status_code == 304
+    assert (len(fresh), len(unchanged)) == (1, 1), (fresh, unchanged)
