@@ -385,9 +385,10 @@ reported and the stand-in holds exactly each customer's usage (checked).
   billing period and claim, so Stripe calls number in the thousands and take a few seconds
   of the run: the rest is PostgreSQL writing each usage event once, when its batch is sent
   (`report_batch_id`, `stripe_reported_at`: a row update that touches the table's indexes
-  and checks the foreign key, 15-30 µs of server CPU on this machine). A claim is one SQL
-  statement that writes only the batch rows, and a run's senders write sent batches'
-  events on several connections at once, so one run puts both cores to work.
+  and checks the foreign key, 15-45 µs of server CPU on this machine). A claim locks its
+  events (`FOR UPDATE SKIP LOCKED`, a few µs each) and writes only the batch rows, and a
+  run's senders write sent batches' events on several connections at once, so one run
+  puts both cores to work.
 - Other work shares this 2-core machine while benchmarks run, so figures vary by tens of
   percent from one run to the next.
 """
