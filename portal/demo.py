@@ -191,7 +191,7 @@ def seed_demo(session: Session, now: datetime) -> DemoResult:
     # Everything paid and older than a couple of days was reported long ago,
     # before this portal's reporter: it leaves the backlog as the reporter
     # would leave it (skipped, already reported), so `flask usage-status`
-    # shows only the recent usage as waiting.
+    # shows only the last couple of days' usage as waiting.
     session.execute(
         update(UsageEvent)
         .where(UsageEvent.recorded_at < now - UNREPORTED_WINDOW, UsageEvent.plan_id != "free")
@@ -200,6 +200,12 @@ def seed_demo(session: Session, now: datetime) -> DemoResult:
             report_status="skipped",
             report_skip_reason=SkipReason.ALREADY_REPORTED.value,
         )
+    )
+    # Free usage is never billed; earlier runs of the reporter skipped it.
+    session.execute(
+        update(UsageEvent)
+        .where(UsageEvent.recorded_at < now - UNREPORTED_WINDOW, UsageEvent.plan_id == "free")
+        .values(report_status="skipped", report_skip_reason=SkipReason.FREE_PLAN.value)
     )
     session.flush()
     return result
