@@ -37,7 +37,7 @@ period), then ``VACUUM ANALYZE``. Measured:
 Settings: ``BENCH_DATABASE_URL``, ``BENCH_SECONDS`` and ``BENCH_WARMUP_SECONDS``
 as in ``bench.record_usage``; ``BENCH_WRK`` (path of wrk; default: found on
 ``PATH``); ``BENCH_GUNICORN_ARGS`` (gunicorn's worker options; default
-``--workers 4 --worker-class sync``); ``BENCH_QUIET_WAIT`` (seconds to wait, before
+``--workers 3 --worker-class sync``); ``BENCH_QUIET_WAIT`` (seconds to wait, before
 each wrk workload, for other work to leave the CPUs mostly idle, and to measure a
 workload again, up to 3 times, when other processes used more than 10 % of the CPUs
 during it; default 120, 0 to do neither); ``BENCH_PORTAL_PARTS`` (``all``, the
@@ -102,8 +102,11 @@ BENCH_DATABASE = "portal_bench_pages"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = PROJECT_ROOT / "migrations"
 
-DEFAULT_GUNICORN_ARGS = "--workers 4 --worker-class sync"
-"""Four sync workers: two per core, the CPU shared with PostgreSQL and wrk."""
+DEFAULT_GUNICORN_ARGS = "--workers 3 --worker-class sync"
+"""Three sync workers for two cores shared with PostgreSQL and wrk: a third worker
+covers a worker waiting on the database; a fourth only added context switches
+(on this machine, four workers gave p99 51-55 ms where three gave 42-48 ms, at
+the same or better throughput, for /healthz as for /usage/current)."""
 CONNECTIONS = 32
 WRK_THREADS = 2
 USER_AGENT = "portal-bench/1.0"
@@ -1501,8 +1504,9 @@ def render(settings: Settings, results: Results) -> str:
 
 Served by `{results.server_command}` with `PORTAL_ENV=production` (a random
 64-character `SECRET_KEY`, `Secure` session cookies) on a scratch PostgreSQL database; gunicorn,
-PostgreSQL and the load generator share the machine's {cores} CPUs (hence 4 sync workers,
-two per CPU, by default; `BENCH_GUNICORN_ARGS` sets others).
+PostgreSQL and the load generator share the machine's {cores} CPUs (hence 3 sync workers
+by default, one more than the CPUs, to cover a worker waiting on the database; four only
+added context switches here; `BENCH_GUNICORN_ARGS` sets others).
 
 {body}
 ### Conditions

@@ -19,7 +19,7 @@ from portal.api.openapi import openapi_document
 from portal.api.parsing import is_plausible_email, parse_usage_event, read_json_object
 from portal.api.ratelimit import ApiRateLimit
 from portal.apikeys import authenticate
-from portal.extensions import db, limiter
+from portal.extensions import db
 from portal.usage import (
     IdempotencyKeyReused,
     InvalidUsage,
@@ -54,13 +54,6 @@ def _rate_limit_bucket() -> str:
     if header:
         return "key:" + hashlib.sha256(header.encode()).hexdigest()[:32]
     return "addr:" + (request.remote_addr or "unknown")
-
-
-@limiter.request_filter
-def _limited_by_enforce_rate_limit() -> bool:
-    # Flask-Limiter skips the API entirely (its work per request is not free);
-    # the API limits each key itself, in ``enforce_rate_limit``.
-    return request.blueprint == blueprint.name
 
 
 def enforce_rate_limit() -> None:
