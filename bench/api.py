@@ -82,6 +82,7 @@ from bench.record_usage import (
     _int_setting,
     _recreate_database,
     admin_database_url,
+    pgbench_call,
 )
 from portal.config import normalize_database_url
 
@@ -447,38 +448,6 @@ def check() -> None:
 # -- pgbench ----------------------------------------------------------------
 
 
-def _pgbench_call(
-    settings: Settings, arguments: Sequence[str], timeout: float
-) -> subprocess.CompletedProcess[str]:
-    url = settings.admin_url
-    command = [
-        settings.pgbench,
-        "-h",
-        url.host or "127.0.0.1",
-        "-p",
-        str(url.port or 5432),
-        "-U",
-        url.username or "postgres",
-        *arguments,
-        PGBENCH_DATABASE,
-    ]
-    env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
-    if url.password:
-        env["PGPASSWORD"] = str(url.password)
-    try:
-        completed = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=env, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchmarkError(f"{' '.join(command)} did not finish within {timeout:.0f} s") from None
-    if completed.returncode != 0:
-        tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-        raise BenchmarkError(
-            f"{' '.join(command)} failed with exit code {completed.returncode}: " + " | ".join(tail)
-        )
-    return completed
-
-
 def run_pgbench(settings: Settings, postmaster: int | None, seconds: int) -> PgbenchResult:
     arguments = [
         "-N",
@@ -490,7 +459,13 @@ def run_pgbench(settings: Settings, postmaster: int | None, seconds: int) -> Pgb
         str(seconds),
     ]
     before = cpu_mark(postmaster)
-    completed = _pgbench_call(settings, arguments, seconds + PGBENCH_RUN_GRACE)
+    completed = pgbench_call(
+        settings.pgbench,
+        settings.admin_url,
+        PGBENCH_DATABASE,
+        arguments,
+        seconds + PGBENCH_RUN_GRACE,
+    )
     cpu = cpu_use(before, cpu_mark(postmaster))
     tps = TPS_LINE.search(completed.stdout)
     if tps is None:
@@ -1143,7 +1118,13 @@ def run() -> str:
         for name in (BENCH_DATABASE, PGBENCH_DATABASE):
             _recreate_database(admin, name)
         _log(f"initialising {PGBENCH_DATABASE} (pgbench -i -s {PGBENCH_SCALE})")
-        _pgbench_call(settings, ["-i", "-q", "-s", str(PGBENCH_SCALE)], PGBENCH_INIT_TIMEOUT)
+        pgbench_call(
+            settings.pgbench,
+            settings.admin_url,
+            PGBENCH_DATABASE,
+            ["-i", "-q", "-s", str(PGBENCH_SCALE)],
+            PGBENCH_INIT_TIMEOUT,
+        )
         _log(f"migrating {BENCH_DATABASE}, creating {USERS} users and an API key")
         api_key = prepare_portal_database(portal_url)
         engine = create_engine(normalize_database_url(portal_url), pool_size=1)

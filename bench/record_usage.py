@@ -256,12 +256,12 @@ def other_activity(admin: Engine) -> int:
 # -- pgbench ----------------------------------------------------------------
 
 
-def _pgbench_call(
-    settings: Settings, arguments: Sequence[str], timeout: float
+def pgbench_call(
+    pgbench: str, url: URL, database: str, arguments: Sequence[str], timeout: float
 ) -> subprocess.CompletedProcess[str]:
-    url = settings.admin_url
+    """Run pgbench against ``database`` on the server of ``url``; its output, or an error."""
     command = [
-        settings.pgbench,
+        pgbench,
         "-h",
         url.host or "127.0.0.1",
         "-p",
@@ -269,7 +269,7 @@ def _pgbench_call(
         "-U",
         url.username or "postgres",
         *arguments,
-        PGBENCH_DATABASE,
+        database,
     ]
     env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
     if url.password:
@@ -289,12 +289,24 @@ def _pgbench_call(
 
 
 def init_pgbench(settings: Settings) -> None:
-    _pgbench_call(settings, ["-i", "-q", "-s", str(PGBENCH_SCALE)], PGBENCH_INIT_TIMEOUT)
+    pgbench_call(
+        settings.pgbench,
+        settings.admin_url,
+        PGBENCH_DATABASE,
+        ["-i", "-q", "-s", str(PGBENCH_SCALE)],
+        PGBENCH_INIT_TIMEOUT,
+    )
 
 
 def run_pgbench(settings: Settings, seconds: int) -> PgbenchResult:
     arguments = ["-N", "-c", str(WORKERS), "-j", str(PGBENCH_THREADS), "-T", str(seconds)]
-    completed = _pgbench_call(settings, arguments, seconds + PGBENCH_RUN_GRACE)
+    completed = pgbench_call(
+        settings.pgbench,
+        settings.admin_url,
+        PGBENCH_DATABASE,
+        arguments,
+        seconds + PGBENCH_RUN_GRACE,
+    )
     tps = TPS_LINE.search(completed.stdout)
     if tps is None:
         raise BenchmarkError(f"no 'tps = …' line in pgbench's output:\n{completed.stdout}")
