@@ -1,9 +1,12 @@
-"""Reads on hot paths: a Core SELECT compiled once, run on PostgreSQL's driver cursor.
+"""Statements on hot paths, run on PostgreSQL's driver cursor.
 
-The live usage region is polled by every open dashboard, so its statements skip
-SQLAlchemy's per-execution work (compiling, result processing) on PostgreSQL,
-the way ``portal.usage.subjects`` does for recording. On other databases the
-very same statement runs through SQLAlchemy, so SQLite keeps working unchanged.
+Recording a suggestion, looking up an API key and polling the live usage
+region run on every call, so their statements skip SQLAlchemy's
+per-execution work (compiling, result processing) on PostgreSQL: a Core
+SELECT is compiled once (``precompile``; on other databases the very same
+statement runs through SQLAlchemy), and the recording statements, written
+as SQL for PostgreSQL, go through ``execute_on_driver``, which also keeps a
+dropped connection out of the pool.
 """
 
 from __future__ import annotations
@@ -55,18 +58,30 @@ def fetch_rows(
     or convert.
     """
     if connection.dialect.name == "postgresql":
-        dbapi_connection = connection.connection.dbapi_connection
-        assert dbapi_connection is not None, "the connection was invalidated"
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(query.postgresql_sql, {**query.constants, **parameters})
-            return cursor.fetchall()
-        except connection.dialect.loaded_dbapi.Error as error:
-            # SQLAlchemy never saw this statement, so tell it: a connection the
-            # database dropped must not go back to the pool.
-            if connection.dialect.is_disconnect(error, dbapi_connection, cursor):
-                connection.invalidate(error)
-            raise
-        finally:
-            cursor.close()
+        return execute_on_driver(
+            connection, query.postgresql_sql, {**query.constants, **parameters}
+        )
     return [tuple(row) for row in connection.execute(query.statement, dict(parameters))]
+
+
+def execute_on_driver(
+    connection: Connection, sql: str, parameters: Mapping[str, Any]
+) -> Sequence[tuple[Any, ...]]:
+    """Run psycopg-style ``sql`` on the driver's cursor of ``connection``; every row it returns.
+
+    For the few statements on hot paths only: SQLAlchemy sees none of it, so
+    a connection the database dropped is reported to it here, and not put
+    back in the pool.
+    """
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None, "the connection was invalidated"
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql, parameters)
+        return cursor.fetchall()
+    except connection.dialect.loaded_dbapi.Error as error:
+        if connection.dialect.is_disconnect(error, dbapi_connection, cursor):
+            connection.invalidate(error)
+        raise
+    finally:
+        cursor.close()

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from portal.models import UsageEvent
 from portal.periods import BillingPeriod
 from portal.plans import EVENT_TYPES
+from portal.precompiled import execute_on_driver
 from portal.usage.recording import UsageRequest, recording_statements
 from portal.usage.subjects import (
     EffectivePlan,
@@ -199,12 +200,8 @@ _INSERT_EVENTS_FROM_JSON = """
 
 def _insert_events_from_json(connection: Any, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
     payload = json.dumps(rows, default=_json_value)
-    cursor = connection.connection.dbapi_connection.cursor()
-    try:
-        cursor.execute(_INSERT_EVENTS_FROM_JSON, {"rows": payload})
-        return {row[0] for row in cursor.fetchall()}
-    finally:
-        cursor.close()
+    inserted = execute_on_driver(connection, _INSERT_EVENTS_FROM_JSON, {"rows": payload})
+    return {row[0] for row in inserted}
 
 
 def _json_value(value: object) -> str:

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from portal.models import UsageEvent, UTCDateTime
 from portal.periods import as_utc
 from portal.plans import DEFAULT_EVENT_TYPE, EVENT_TYPES
+from portal.precompiled import execute_on_driver
 from portal.usage.status import UsageStatus, build_status, status_for
 from portal.usage.subjects import (
     EffectivePlan,
@@ -337,14 +338,10 @@ def _write_in_one_statement(
     if guard is not None:
         driver_values |= resolution_guard_sql(guard.lookup)[1]
         driver_values |= resolution_guard_parameters(guard)
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, driver_values)
-        row = cursor.fetchone()
-        assert row is not None  # the final SELECT always yields one row
-        plan_in_force, event_id, used, member_used = row
-    finally:
-        cursor.close()
+    # The final SELECT always yields exactly one row.
+    ((plan_in_force, event_id, used, member_used),) = execute_on_driver(
+        connection, sql, driver_values
+    )
     return _Written(event_id is not None, used, member_used, plan_in_force)
 
 
