@@ -1,6 +1,6 @@
 """Throughput of ``record_usage`` on PostgreSQL, next to pgbench on the same server.
 
-Eight worker processes each loop ``record_usage(...)`` + ``COMMIT`` on a
+Eight worker processes each loop ``record_usage(...)`` (which commits) on a
 connection of their own, in two modes:
 
 * distinct users: each worker records for its own 50 users on the pro plan
@@ -419,7 +419,7 @@ def _record_loop(plan: WorkerPlan, barrier: Barrier) -> WorkerResult:
         },
     )
     # The worker holds its connection, as a long-running backend process
-    # would: the session commits on it without a pool checkout per call.
+    # would: record_usage commits on it without a pool checkout per call.
     try:
         connection = engine.connect()  # connected before the clock starts
         barrier.wait(timeout=WORKER_START_TIMEOUT)
@@ -439,7 +439,6 @@ def _record_loop(plan: WorkerPlan, barrier: Barrier) -> WorkerResult:
                     idempotency_key=f"{plan.mode}-{plan.index}-{calls}",
                     now=datetime.now(UTC),
                 )
-                session.commit()
                 finished = clock()
                 cpu_used = cpu_clock() - cpu_started
                 calls += 1
@@ -566,7 +565,7 @@ def render(
     return f"""## `record_usage` throughput on PostgreSQL
 
 {WORKERS} worker processes each loop `record_usage(session, user, idempotency_key=…,
-now=datetime.now(UTC))` + `session.commit()` on a connection of their own (plain
+now=datetime.now(UTC))`, which commits, on a connection of their own (plain
 SQLAlchemy, no Flask), for {settings.seconds} s after a {settings.warmup} s warm-up. The
 baseline is `pgbench -N` (simple-update: one UPDATE, one SELECT and one INSERT per
 transaction) with as many clients, on a scale-{PGBENCH_SCALE} scratch database of the
@@ -581,7 +580,8 @@ user), so they never share the CPU.
 {table}
 
 - Calls/s counts the calls that completed inside the measured window; latency is one
-  `record_usage` call plus its commit, as the worker sees it.
+  `record_usage` call, its commit included, as the worker sees it. On PostgreSQL the
+  recording statement is its own transaction (one round trip, committed by the server).
 - Client CPU/call is the worker process's own CPU time (Python, SQLAlchemy, psycopg)
   per call. On the {cores} CPUs of this machine, which the server shares, it alone caps
   throughput at about {cpu_cap:,.0f} calls/s with distinct users.

@@ -15,8 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Select
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+
+
+_IDLE = TransactionStatus.IDLE
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,13 @@ def precompile(statement: Select[Any], parameters: Iterable[str]) -> Precompiled
 
 
 def fetch_rows(
-    connection: Connection, query: PrecompiledSelect, parameters: Mapping[str, Any]
+    connection: Connection,
+    query: PrecompiledSelect,
+    parameters: Mapping[str, Any],
+    *,
+    alone: bool = False,
 ) -> Sequence[tuple[Any, ...]]:
-    """Every row of ``query`` as plain tuples.
+    """Every row of ``query`` as plain tuples (``alone``: see ``execute_on_driver``).
 
     On PostgreSQL the values are the driver's own (time stamps in the server's
     zone, not converted to UTC by the column types); callers compare instants
@@ -59,23 +67,32 @@ def fetch_rows(
     """
     if connection.dialect.name == "postgresql":
         return execute_on_driver(
-            connection, query.postgresql_sql, {**query.constants, **parameters}
+            connection, query.postgresql_sql, {**query.constants, **parameters}, alone=alone
         )
     return [tuple(row) for row in connection.execute(query.statement, dict(parameters))]
 
 
 def execute_on_driver(
-    connection: Connection, sql: str, parameters: Mapping[str, Any]
+    connection: Connection, sql: str, parameters: Mapping[str, Any], *, alone: bool = False
 ) -> Sequence[tuple[Any, ...]]:
     """Run psycopg-style ``sql`` on the driver's cursor of ``connection``; every row it returns.
 
     For the few statements on hot paths only: SQLAlchemy sees none of it, so
     a connection the database dropped is reported to it here, and not put
     back in the pool.
+
+    With ``alone``, a statement sent while no transaction is in progress is a
+    transaction of its own, committed by the server as it finishes: one round
+    trip instead of three (BEGIN, the statement, COMMIT), and a row lock it
+    takes is held only while the server runs it, not while the client answers.
+    Inside a transaction it simply joins it.
     """
     dbapi_connection = connection.connection.dbapi_connection
     assert dbapi_connection is not None, "the connection was invalidated"
     cursor = dbapi_connection.cursor()
+    autocommit = alone and not in_transaction(connection)
+    if autocommit:
+        dbapi_connection.autocommit = True
     try:
         cursor.execute(sql, parameters)
         return cursor.fetchall()
@@ -85,3 +102,16 @@ def execute_on_driver(
         raise
     finally:
         cursor.close()
+        if autocommit and not dbapi_connection.closed:
+            dbapi_connection.autocommit = False
+
+
+def in_transaction(connection: Connection) -> bool:
+    """Whether the driver has begun a transaction on ``connection`` (PostgreSQL).
+
+    SQLAlchemy's "begin" is only a promise: psycopg sends BEGIN with the
+    first statement, so until then nothing is in progress on the server.
+    """
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None, "the connection was invalidated"
+    return bool(dbapi_connection.info.transaction_status != _IDLE)

@@ -128,8 +128,7 @@ def record_usage_event() -> tuple[Response, int]:
         raise ApiError(
             409, "idempotency_key_reused", str(reused), {"idempotency_key": "used before"}
         ) from None
-    session.commit()
-    status = outcome.status
+    status = outcome.status  # record_request has committed
     if outcome.result is RecordResult.LIMIT_REACHED:
         raise ApiError(
             402,

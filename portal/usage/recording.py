@@ -8,7 +8,14 @@ same statement, so concurrent calls cannot take ``used`` past ``included``.
 
 Locks are always taken in one order (the idempotency key's index entry, then
 the subject's total, then the member's share), so concurrent calls queue and
-never deadlock. The caller commits.
+never deadlock.
+
+``record_usage`` commits: when it returns, the usage is durable (or, when it
+raises, nothing of it was written). On PostgreSQL, a session with no
+transaction in progress sends its one recording statement as a transaction
+of its own, so the server commits it as it finishes: one round trip, and the
+subject's row lock is released without waiting for the client. That is what
+lets one busy subject (a team pool, a hot user) take many calls a second.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from sqlalchemy.orm import Session
 from portal.models import UsageEvent, UTCDateTime
 from portal.periods import as_utc
 from portal.plans import DEFAULT_EVENT_TYPE, EVENT_TYPES
-from portal.precompiled import execute_on_driver
+from portal.precompiled import execute_on_driver, in_transaction
 from portal.usage.status import UsageStatus, build_status, status_for
 from portal.usage.subjects import (
     EffectivePlan,
@@ -158,10 +165,11 @@ def record_usage(
 ) -> RecordOutcome:
     """Record one usage event for a user (id or email) and count it against their quota.
 
-    Raises ``InvalidUsage`` for bad input, ``UnknownUser`` for an unknown
-    user and ``IdempotencyKeyReused`` when the key belongs to a different
-    usage; in each case nothing is written. The same key again returns the
-    original event with ``DUPLICATE`` and counts nothing. A refused usage
+    Commits the session's transaction (see the module's docstring). Raises
+    ``InvalidUsage`` for bad input, ``UnknownUser`` for an unknown user and
+    ``IdempotencyKeyReused`` when the key belongs to a different usage; in
+    each case nothing is written. The same key again returns the original
+    event with ``DUPLICATE`` and counts nothing. A refused usage
     (``LIMIT_REACHED``) stores nothing, so its key may be used again later.
     """
     request = validate_usage_request(
@@ -182,7 +190,7 @@ MAX_RESOLUTION_ATTEMPTS = 3
 def record_request(
     session: Session, user: int | str, request: UsageRequest, now: datetime
 ) -> RecordOutcome:
-    """``record_usage`` for input already validated.
+    """``record_usage`` for input already validated; commits the session's transaction.
 
     On PostgreSQL the plan comes from this process's last resolution of the
     user, checked by the recording statement itself: it records only if the
@@ -190,13 +198,21 @@ def record_request(
     nothing is written and the plan is resolved again. So the plan in force
     when the statement runs always governs, in one round trip.
     """
+    # Changes the caller left pending belong to the transaction this commits.
+    session.flush()
     if session.connection().dialect.name != "postgresql":
-        return record_validated(session, resolve_effective_plan(session, user), request, now)
+        outcome = record_validated(session, resolve_effective_plan(session, user), request, now)
+        session.commit()
+        return outcome
     resolution = recent_resolution(session, user)
     for _ in range(MAX_RESOLUTION_ATTEMPTS):
-        outcome = _record(session, resolution.plan, request, now, resolution)
-        if outcome is not None:
-            return outcome
+        found = _record(session, resolution.plan, request, now, resolution, alone=True)
+        if found is not None:
+            # When the statement was its own transaction nothing is left to
+            # commit, and SQLAlchemy's commit would only cost CPU.
+            if in_transaction(session.connection()):
+                session.commit()
+            return found
         resolution = resolve_again(session, user)
     raise PlanKeptChanging(f"the plan of {user!r} changed during each attempt to record usage")
 
@@ -204,8 +220,12 @@ def record_request(
 def record_validated(
     session: Session, effective: EffectivePlan, request: UsageRequest, now: datetime
 ) -> RecordOutcome:
-    """``record_usage`` for input already validated and a user already resolved."""
-    outcome = _record(session, effective, request, now, None)
+    """``record_usage`` for input already validated and a user already resolved.
+
+    Writes in the caller's transaction and leaves the commit to the caller,
+    who may record many events in one transaction (the demo data does).
+    """
+    outcome = _record(session, effective, request, now, None, alone=False)
     assert outcome is not None  # only a guarded statement can find its plan outdated
     return outcome
 
@@ -216,8 +236,16 @@ def _record(
     request: UsageRequest,
     now: datetime,
     guard: Resolution | None,
+    *,
+    alone: bool,
 ) -> RecordOutcome | None:
-    """Record under ``effective``; ``None`` when ``guard`` no longer holds (nothing written)."""
+    """Record under ``effective``; ``None`` when ``guard`` no longer holds (nothing written).
+
+    With ``alone``, PostgreSQL's recording statement may be a transaction of
+    its own (``execute_on_driver``), except on a hard-capped plan: a usage
+    the cap refuses is taken back by a second statement, so those two need
+    the transaction around them.
+    """
     period = effective.period_at(request.occurred_at)
     subject = effective.subject
     pooled = subject.kind is SubjectKind.ORGANIZATION
@@ -241,7 +269,8 @@ def _record(
     }
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        written = _write_in_one_statement(connection, effective, counts, values, guard)
+        alone = alone and not (counts and effective.plan.is_hard_capped)
+        written = _write_in_one_statement(connection, effective, counts, values, guard, alone)
         if not written.plan_in_force:
             return None
     else:
@@ -321,6 +350,7 @@ def _write_in_one_statement(
     counts: bool,
     values: dict[str, Any],
     guard: Resolution | None,
+    alone: bool,
 ) -> _Written:
     """Event, total and member share in one round trip (PostgreSQL).
 
@@ -340,7 +370,7 @@ def _write_in_one_statement(
         driver_values |= resolution_guard_parameters(guard)
     # The final SELECT always yields exactly one row.
     ((plan_in_force, event_id, used, member_used),) = execute_on_driver(
-        connection, sql, driver_values
+        connection, sql, driver_values, alone=alone
     )
     return _Written(event_id is not None, used, member_used, plan_in_force)
 

@@ -197,7 +197,11 @@ def resolve_again(session: Session, user: int | str) -> Resolution:
 
 def _resolve_on_postgresql(session: Session, user: int | str) -> Resolution:
     lookup, key = _lookup(user)
-    rows = fetch_rows(session.connection(), _precompiled_resolution(lookup), {"user_key": key})
+    # A lone read: outside a transaction it leaves none open, so the recording
+    # statement that follows can still be a transaction of its own.
+    rows = fetch_rows(
+        session.connection(), _precompiled_resolution(lookup), {"user_key": key}, alone=True
+    )
     row = rows[0] if rows else None
     with _recent_lock:
         if row is None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -237,6 +237,63 @@ def test_unknown_user_records_nothing(session: Session) -> None:
         record_usage(session, "ghost@example.com", idempotency_key="g", now=NOW)
     session.rollback()
     assert counts(session) == (0, 0, 0)
+
+
+def committed_counts() -> tuple[int, int, int]:
+    """``counts`` as another connection sees them: only what is committed."""
+    with Session(db.engine) as other:
+        return counts(other)
+
+
+@pytest.mark.parametrize("plan", ["pro", "free", "team"])
+def test_recorded_usage_is_committed_when_record_usage_returns(session: Session, plan: str) -> None:
+    org = make_org(session, plan="team") if plan == "team" else None
+    user = make_user(session, plan="free" if org else plan, org=org)
+    session.commit()
+    outcome = record_usage(session, user.id, idempotency_key="durable", now=NOW)
+    assert outcome.result is RecordResult.CREATED
+    # No commit by the caller: another backend already sees the usage.
+    assert committed_counts() == (1, 1, 1 if org else 0)
+    session.rollback()  # and the caller cannot take it back by accident
+    assert committed_counts() == (1, 1, 1 if org else 0)
+
+
+def test_a_duplicate_and_a_refusal_leave_nothing_uncommitted(session: Session) -> None:
+    user = make_user(session, plan="free")
+    session.commit()
+    for i in range(5):
+        record_usage(session, user.id, idempotency_key=f"k{i}", now=NOW)
+    again = record_usage(session, user.id, idempotency_key="k0", now=NOW)
+    refused = record_usage(session, user.id, idempotency_key="k5", now=NOW)
+    assert (again.result, refused.result) == (RecordResult.DUPLICATE, RecordResult.LIMIT_REACHED)
+    assert committed_counts() == (5, 5, 0)
+
+
+def test_changes_the_caller_left_pending_are_committed_with_the_usage(session: Session) -> None:
+    user = make_user(session, plan="free")
+    session.commit()
+    session.add(UserSubscription(user_id=user.id, plan_id="pro", status="active", billing_anchor=T0))
+    outcome = record_usage(session, user.id, idempotency_key="after-upgrade", now=NOW)
+    assert outcome.status.plan.id == "pro"
+    with Session(db.engine) as other:
+        assert other.scalar(select(func.count()).select_from(UserSubscription)) == 1
+    assert committed_counts() == (1, 1, 0)
+
+
+def test_an_uncommitted_caller_does_not_hold_the_running_total(
+    session: Session, engine_name: str
+) -> None:
+    """A backend that never commits after recording must not stall every other one."""
+    if engine_name != "postgresql":
+        pytest.skip("SQLite has one writer at a time; row locks are PostgreSQL's")
+    user_id = make_user(session, plan="pro").id
+    session.commit()
+    record_usage(session, user_id, idempotency_key="first", now=NOW)
+    with Session(db.engine) as other:
+        other.execute(text("SET lock_timeout = '2s'"))
+        other.commit()
+        second = record_usage(other, user_id, idempotency_key="second", now=NOW)
+    assert second.status.used == 2
 
 
 # Real concurrency: threads with their own sessions and connections.
