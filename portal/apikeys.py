@@ -92,9 +92,7 @@ def authenticate(session: Session, key: str, now: datetime) -> ApiKeyInfo | None
     if not KEY_PATTERN.match(key):
         return None
     # Every API call starts here, so the lookup takes the fast path.
-    rows = fetch_rows(
-        session.connection(), _key_by_hash(), {"key_hash": hash_key(key)}, alone=True
-    )
+    rows = fetch_rows(session.connection(), _key_by_hash(), {"key_hash": hash_key(key)}, alone=True)
     if not rows or rows[0][5] is not None:
         return None
     key_id, name, prefix, created_at, last_used_at, _revoked_at = rows[0]

@@ -19,7 +19,6 @@ from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Select
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
-
 _IDLE = TransactionStatus.IDLE
 
 

@@ -272,7 +272,9 @@ def test_a_duplicate_and_a_refusal_leave_nothing_uncommitted(session: Session) -
 def test_changes_the_caller_left_pending_are_committed_with_the_usage(session: Session) -> None:
     user = make_user(session, plan="free")
     session.commit()
-    session.add(UserSubscription(user_id=user.id, plan_id="pro", status="active", billing_anchor=T0))
+    session.add(
+        UserSubscription(user_id=user.id, plan_id="pro", status="active", billing_anchor=T0)
+    )
     outcome = record_usage(session, user.id, idempotency_key="after-upgrade", now=NOW)
     assert outcome.status.plan.id == "pro"
     with Session(db.engine) as other:
