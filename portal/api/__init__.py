@@ -165,8 +165,7 @@ def record_usage_events() -> Response:
         else:
             valid.append((index, BatchItem(email, usage)))
     session = db.session()
-    recorded = record_usage_batch(session, [item for _, item in valid], now)
-    session.commit()
+    recorded = record_usage_batch(session, [item for _, item in valid], now)  # commits
     for (index, _), result in zip(valid, recorded, strict=True):
         results[index] = result
 

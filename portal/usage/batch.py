@@ -81,8 +81,9 @@ def record_usage_batch(
 ) -> list[BatchItemResult]:
     """Record ``items`` (already validated) and return one result per item, in order.
 
-    The caller commits. Unknown users and idempotency keys reused for other
-    usage come back as ``invalid`` with the field named.
+    Commits, as ``record_usage`` does: when it returns, every recorded item
+    is durable. Unknown users and idempotency keys reused for other usage
+    come back as ``invalid`` with the field named.
     """
     if len(items) > MAX_BATCH_SIZE:
         raise ValueError(f"a batch holds at most {MAX_BATCH_SIZE} events, got {len(items)}")
@@ -136,6 +137,7 @@ def record_usage_batch(
             results[index] = BatchItemResult.invalid(
                 {"idempotency_key": "was used for a different usage in this batch"}
             )
+    session.commit()
     return [r for r in results if r is not None]
 
 

@@ -112,3 +112,12 @@ def test_concurrent_batches_sharing_keys_record_each_once(session: Session) -> N
         totals.update(outcome)
     assert totals == {BatchResult.CREATED: 30, BatchResult.DUPLICATE: 150}
     assert counts(session) == (30, 30, 0)
+
+
+def test_a_batch_is_committed_when_record_usage_batch_returns(session: Session) -> None:
+    user = make_user(session, plan="pro")
+    session.commit()
+    record_usage_batch(session, [item(user.email, f"c{n}", 2) for n in range(3)], NOW)
+    # No commit by the caller: another connection already sees every item.
+    with Session(db.engine) as other:
+        assert counts(other) == (3, 6, 0)
