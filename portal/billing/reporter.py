@@ -1017,10 +1017,19 @@ FROM (
 
 _PG_CLAIM_SQL = """
 WITH picked AS (
-    SELECT id, organization_id, user_id, quantity, occurred_at, period_start, period_end,
-        event_type, plan_id, stripe_reported_at
-    FROM usage_events
-    WHERE id = ANY(CAST(:locked_ids AS uuid[])) AND {backlog}
+    -- One primary-key lookup per locked id. Given "id = ANY(:locked_ids)" or a
+    -- join, the planner scans the whole table once thousands of ids come in
+    -- (most of a claim's time on a large backlog); OFFSET 0 keeps the lateral
+    -- lookup from being turned into such a join.
+    SELECT e.*
+    FROM unnest(CAST(:locked_ids AS uuid[])) AS locked (locked_id),
+    LATERAL (
+        SELECT id, organization_id, user_id, quantity, occurred_at, period_start, period_end,
+            event_type, plan_id, stripe_reported_at
+        FROM usage_events
+        WHERE id = locked.locked_id AND {backlog}
+        OFFSET 0
+    ) AS e
 ),
 customers AS (
     SELECT p.*, CASE WHEN p.organization_id IS NULL THEN s.stripe_customer_id
