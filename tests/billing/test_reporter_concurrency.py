@@ -144,6 +144,33 @@ def test_a_run_with_several_senders_sends_each_batch_once_through_faults(
     assert standin.max_in_flight_per_customer == 1
 
 
+def test_a_run_that_claims_while_sending_sends_all_it_claimed_within_its_limit(
+    session: Session,
+    standin: StripeStandIn,
+    gateway: StripeMeterEventGateway,
+    engine_name: str,
+) -> None:
+    """With senders, the next claim runs while the last is sent; none is left behind."""
+    if engine_name != "postgresql":
+        pytest.skip("SQLite claims and sends in turn")
+    record_plenty(session)
+
+    summary = run_reporter(session, gateway, batch_size=40, limit=100, senders=2)
+
+    assert summary.exit_code == 0, summary
+    assert summary.claimed == summary.events_reported == 100
+    assert summary.pending == 0
+    # The rest waits in the backlog for the next run, unclaimed.
+    session.expire_all()
+    unclaimed = session.scalar(
+        select(func.count()).select_from(UsageEvent).where(UsageEvent.stripe_reported_at.is_(None))
+    )
+    assert unclaimed == 150
+    assert session.scalar(
+        select(func.count()).select_from(UsageReportBatch).where(UsageReportBatch.status != "sent")
+    ) == 0
+
+
 def test_two_reporters_with_several_senders_each_put_each_event_in_one_sent_batch(
     session: Session,
     standin: StripeStandIn,
