@@ -166,9 +166,14 @@ def test_a_run_that_claims_while_sending_sends_all_it_claimed_within_its_limit(
         select(func.count()).select_from(UsageEvent).where(UsageEvent.stripe_reported_at.is_(None))
     )
     assert unclaimed == 150
-    assert session.scalar(
-        select(func.count()).select_from(UsageReportBatch).where(UsageReportBatch.status != "sent")
-    ) == 0
+    assert (
+        session.scalar(
+            select(func.count())
+            .select_from(UsageReportBatch)
+            .where(UsageReportBatch.status != "sent")
+        )
+        == 0
+    )
 
 
 def test_two_reporters_with_several_senders_each_put_each_event_in_one_sent_batch(
