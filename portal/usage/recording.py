@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from portal.models import UsageEvent, UTCDateTime
 from portal.periods import as_utc
 from portal.plans import DEFAULT_EVENT_TYPE, EVENT_TYPES
-from portal.precompiled import execute_on_driver, in_transaction
+from portal.precompiled import execute_on_driver
 from portal.usage.status import UsageStatus, build_status, status_for
 from portal.usage.subjects import (
     EffectivePlan,
@@ -208,10 +208,10 @@ def record_request(
     for _ in range(MAX_RESOLUTION_ATTEMPTS):
         found = _record(session, resolution.plan, request, now, resolution, alone=True)
         if found is not None:
-            # When the statement was its own transaction nothing is left to
-            # commit, and SQLAlchemy's commit would only cost CPU.
-            if in_transaction(session.connection()):
-                session.commit()
+            # When the statement was its own transaction the server has
+            # nothing left to commit, but the session must still end the
+            # transaction it began, so the caller finds it as after any commit.
+            session.commit()
             return found
         resolution = resolve_again(session, user)
     raise PlanKeptChanging(f"the plan of {user!r} changed during each attempt to record usage")

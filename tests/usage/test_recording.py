@@ -258,6 +258,15 @@ def test_recorded_usage_is_committed_when_record_usage_returns(session: Session,
     assert committed_counts() == (1, 1, 1 if org else 0)
 
 
+def test_the_session_is_ready_for_a_new_transaction_after_recording(session: Session) -> None:
+    user_id = make_user(session, plan="pro").id
+    session.commit()
+    record_usage(session, user_id, idempotency_key="then-begin", now=NOW)
+    assert not session().in_transaction()  # the fixture is the scoped session
+    with session.begin():  # as after any commit
+        assert counts(session) == (1, 1, 0)
+
+
 def test_a_duplicate_and_a_refusal_leave_nothing_uncommitted(session: Session) -> None:
     user = make_user(session, plan="free")
     session.commit()
