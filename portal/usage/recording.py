@@ -24,7 +24,8 @@ import enum
 import functools
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 from psycopg.types.json import Json
 from sqlalchemy import JSON, Integer, Uuid, bindparam, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from portal.models import UsageEvent, UTCDateTime
 from portal.periods import as_utc
@@ -200,7 +201,7 @@ def record_request(
     """
     # Changes the caller left pending belong to the transaction this commits.
     session.flush()
-    if session.connection().dialect.name != "postgresql":
+    if session.get_bind().dialect.name != "postgresql":
         outcome = record_validated(session, resolve_effective_plan(session, user), request, now)
         session.commit()
         return outcome
@@ -208,10 +209,10 @@ def record_request(
     for _ in range(MAX_RESOLUTION_ATTEMPTS):
         found = _record(session, resolution.plan, request, now, resolution, alone=True)
         if found is not None:
-            # When the statement was its own transaction the server has
-            # nothing left to commit, but the session must still end the
-            # transaction it began, so the caller finds it as after any commit.
-            session.commit()
+            # Nothing to commit when the statement was its own transaction
+            # and the session never began one (``_statement_connection``).
+            if _session_in_transaction(session):
+                session.commit()
             return found
         resolution = resolve_again(session, user)
     raise PlanKeptChanging(f"the plan of {user!r} changed during each attempt to record usage")
@@ -267,14 +268,15 @@ def _record(
         "period_end": period.end,
         "metadata": request.metadata,
     }
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         alone = alone and not (counts and effective.plan.is_hard_capped)
-        written = _write_in_one_statement(connection, effective, counts, values, guard, alone)
+        with _statement_connection(session, alone) as connection:
+            written = _write_in_one_statement(connection, effective, counts, values, guard, alone)
         if not written.plan_in_force:
             return None
     else:
-        written = _write_step_by_step(connection, effective, counts, values)
+        written = _write_step_by_step(session.connection(), effective, counts, values)
 
     if not written.inserted:
         return _original_outcome(session, effective, request, now)
@@ -284,12 +286,38 @@ def _record(
     if written.used is None:
         # The cap refused it: take back the event this transaction just wrote,
         # so nothing of the refused usage remains.
-        statements = recording_statements(connection.dialect.name)
-        connection.execute(statements.delete_event, {"event_ids": [event_id]})
+        statements = recording_statements(dialect)
+        session.connection().execute(statements.delete_event, {"event_ids": [event_id]})
         status = status_for(session, effective, period, now)
         return RecordOutcome(RecordResult.LIMIT_REACHED, None, status)
     status = build_status(effective, period, written.used, written.member_used, now)
     return RecordOutcome(RecordResult.CREATED, event_id, status)
+
+
+def _session_in_transaction(session: Session | scoped_session[Session]) -> bool:
+    # Flask-SQLAlchemy's session is a scoped_session, which does not proxy this.
+    actual = session() if isinstance(session, scoped_session) else session
+    return actual.in_transaction()
+
+
+@contextmanager
+def _statement_connection(session: Session, alone: bool) -> Iterator[Connection]:
+    """The connection to send the recording statement on.
+
+    A statement that is its own transaction needs none of the session's: when
+    the session has no transaction in progress it runs on the session's bind
+    (its connection, or one from the engine's pool), so the session is left
+    as it was and has nothing to commit afterwards.
+    """
+    if not alone or _session_in_transaction(session):
+        yield session.connection()
+        return
+    bind = session.get_bind()
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    with bind.connect() as connection:
+        yield connection
 
 
 @dataclass(frozen=True)

@@ -267,6 +267,18 @@ def test_the_session_is_ready_for_a_new_transaction_after_recording(session: Ses
         assert counts(session) == (1, 1, 0)
 
 
+def test_recording_on_a_session_bound_to_one_connection_commits_too(session: Session) -> None:
+    """A backend process may hold one connection and bind its session to it."""
+    user_id = make_user(session, plan="pro").id
+    session.commit()
+    with db.engine.connect() as connection, Session(bind=connection) as own:
+        first = record_usage(own, user_id, idempotency_key="bound-1", now=NOW)
+        again = record_usage(own, user_id, idempotency_key="bound-1", now=NOW)
+        assert (first.result, again.result) == (RecordResult.CREATED, RecordResult.DUPLICATE)
+        assert committed_counts() == (1, 1, 0)
+        assert not own.in_transaction()
+
+
 def test_a_duplicate_and_a_refusal_leave_nothing_uncommitted(session: Session) -> None:
     user = make_user(session, plan="free")
     session.commit()
