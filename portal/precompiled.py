@@ -89,7 +89,7 @@ def execute_on_driver(
     dbapi_connection = connection.connection.dbapi_connection
     assert dbapi_connection is not None, "the connection was invalidated"
     cursor = dbapi_connection.cursor()
-    autocommit = alone and not in_transaction(connection)
+    autocommit = alone and not _in_transaction(connection)
     if autocommit:
         dbapi_connection.autocommit = True
     try:
@@ -105,7 +105,7 @@ def execute_on_driver(
             dbapi_connection.autocommit = False
 
 
-def in_transaction(connection: Connection) -> bool:
+def _in_transaction(connection: Connection) -> bool:
     """Whether the driver has begun a transaction on ``connection`` (PostgreSQL).
 
     SQLAlchemy's "begin" is only a promise: psycopg sends BEGIN with the

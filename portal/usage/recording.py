@@ -32,7 +32,7 @@ from typing import Any
 
 from psycopg.types.json import Json
 from sqlalchemy import JSON, Integer, Uuid, bindparam, select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, scoped_session
 
 from portal.models import UsageEvent, UTCDateTime
@@ -268,10 +268,11 @@ def _record(
         "period_end": period.end,
         "metadata": request.metadata,
     }
-    dialect = session.get_bind().dialect.name
+    bind = session.get_bind()
+    dialect = bind.dialect.name
     if dialect == "postgresql":
         alone = alone and not (counts and effective.plan.is_hard_capped)
-        with _statement_connection(session, alone) as connection:
+        with _statement_connection(session, bind, alone) as connection:
             written = _write_in_one_statement(connection, effective, counts, values, guard, alone)
         if not written.plan_in_force:
             return None
@@ -301,7 +302,9 @@ def _session_in_transaction(session: Session | scoped_session[Session]) -> bool:
 
 
 @contextmanager
-def _statement_connection(session: Session, alone: bool) -> Iterator[Connection]:
+def _statement_connection(
+    session: Session, bind: Engine | Connection, alone: bool
+) -> Iterator[Connection]:
     """The connection to send the recording statement on.
 
     A statement that is its own transaction needs none of the session's: when
@@ -312,7 +315,6 @@ def _statement_connection(session: Session, alone: bool) -> Iterator[Connection]
     if not alone or _session_in_transaction(session):
         yield session.connection()
         return
-    bind = session.get_bind()
     if isinstance(bind, Connection):
         yield bind
         return
