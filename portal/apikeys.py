@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from portal.models import ApiKey
 from portal.periods import as_utc
-from portal.precompiled import PrecompiledSelect, fetch_rows, precompile
+from portal.precompiled import PrecompiledSelect, fetch_rows, lone_statement_connection, precompile
 
 KEY_PREFIX = "usk_"
 """Marks our keys, so a leaked one is recognisable in code and logs."""
@@ -91,8 +91,10 @@ def authenticate(session: Session, key: str, now: datetime) -> ApiKeyInfo | None
     """The live key matching ``key``, or ``None`` for a malformed, unknown or revoked one."""
     if not KEY_PATTERN.match(key):
         return None
-    # Every API call starts here, so the lookup takes the fast path.
-    rows = fetch_rows(session.connection(), _key_by_hash(), {"key_hash": hash_key(key)}, alone=True)
+    # Every API call starts here, so the lookup takes the fast path, and leaves
+    # the session without a transaction for the recording that follows.
+    with lone_statement_connection(session) as connection:
+        rows = fetch_rows(connection, _key_by_hash(), {"key_hash": hash_key(key)}, alone=True)
     if not rows or rows[0][5] is not None:
         return None
     key_id, name, prefix, created_at, last_used_at, _revoked_at = rows[0]

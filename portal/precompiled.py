@@ -11,13 +11,15 @@ dropped connection out of the pool.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Connection, Select
+from sqlalchemy import Connection, Engine, Select
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+from sqlalchemy.orm import Session, scoped_session
 
 _IDLE = TransactionStatus.IDLE
 
@@ -114,3 +116,35 @@ def _in_transaction(connection: Connection) -> bool:
     dbapi_connection = connection.connection.dbapi_connection
     assert dbapi_connection is not None, "the connection was invalidated"
     return bool(dbapi_connection.info.transaction_status != _IDLE)
+
+
+def session_in_transaction(session: Session | scoped_session[Session]) -> bool:
+    """Whether ``session`` has begun a transaction (SQLAlchemy's view, not the server's)."""
+    # Flask-SQLAlchemy's session is a scoped_session, which does not proxy this.
+    actual = session() if isinstance(session, scoped_session) else session
+    return actual.in_transaction()
+
+
+@contextmanager
+def lone_statement_connection(
+    session: Session, alone: bool = True, bind: Engine | Connection | None = None
+) -> Iterator[Connection]:
+    """The connection to send a statement of ``session``'s on, ``alone`` if it may be.
+
+    A statement that is its own transaction needs none of the session's: when
+    the session has no transaction in progress it runs on the session's bind
+    (its connection, or one from the engine's pool), so the session is left
+    as it was, and has no transaction to commit afterwards. Otherwise, or
+    without ``alone``, it is the session's connection (which begins the
+    session's transaction if none is in progress). ``bind``: the session's
+    bind, when the caller has it at hand.
+    """
+    if not alone or session_in_transaction(session):
+        yield session.connection()
+        return
+    bind = session.get_bind() if bind is None else bind
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    with bind.connect() as connection:
+        yield connection

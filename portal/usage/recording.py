@@ -24,21 +24,20 @@ import enum
 import functools
 import json
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.types.json import Json
 from sqlalchemy import JSON, Integer, Uuid, bindparam, select, text
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from portal.models import UsageEvent, UTCDateTime
 from portal.periods import as_utc
 from portal.plans import DEFAULT_EVENT_TYPE, EVENT_TYPES
-from portal.precompiled import execute_on_driver
+from portal.precompiled import execute_on_driver, lone_statement_connection, session_in_transaction
 from portal.usage.status import UsageStatus, build_status, status_for
 from portal.usage.subjects import (
     EffectivePlan,
@@ -210,8 +209,8 @@ def record_request(
         found = _record(session, resolution.plan, request, now, resolution, alone=True)
         if found is not None:
             # Nothing to commit when the statement was its own transaction
-            # and the session never began one (``_statement_connection``).
-            if _session_in_transaction(session):
+            # and the session never began one (``lone_statement_connection``).
+            if session_in_transaction(session):
                 session.commit()
             return found
         resolution = resolve_again(session, user)
@@ -272,7 +271,7 @@ def _record(
     dialect = bind.dialect.name
     if dialect == "postgresql":
         alone = alone and not (counts and effective.plan.is_hard_capped)
-        with _statement_connection(session, bind, alone) as connection:
+        with lone_statement_connection(session, alone, bind) as connection:
             written = _write_in_one_statement(connection, effective, counts, values, guard, alone)
         if not written.plan_in_force:
             return None
@@ -293,33 +292,6 @@ def _record(
         return RecordOutcome(RecordResult.LIMIT_REACHED, None, status)
     status = build_status(effective, period, written.used, written.member_used, now)
     return RecordOutcome(RecordResult.CREATED, event_id, status)
-
-
-def _session_in_transaction(session: Session | scoped_session[Session]) -> bool:
-    # Flask-SQLAlchemy's session is a scoped_session, which does not proxy this.
-    actual = session() if isinstance(session, scoped_session) else session
-    return actual.in_transaction()
-
-
-@contextmanager
-def _statement_connection(
-    session: Session, bind: Engine | Connection, alone: bool
-) -> Iterator[Connection]:
-    """The connection to send the recording statement on.
-
-    A statement that is its own transaction needs none of the session's: when
-    the session has no transaction in progress it runs on the session's bind
-    (its connection, or one from the engine's pool), so the session is left
-    as it was and has nothing to commit afterwards.
-    """
-    if not alone or _session_in_transaction(session):
-        yield session.connection()
-        return
-    if isinstance(bind, Connection):
-        yield bind
-        return
-    with bind.connect() as connection:
-        yield connection
 
 
 @dataclass(frozen=True)

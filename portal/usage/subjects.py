@@ -35,7 +35,7 @@ from portal.models import (
 )
 from portal.periods import BillingPeriod, period_containing
 from portal.plans import FREE, Plan, get_plan
-from portal.precompiled import PrecompiledSelect, fetch_rows, precompile
+from portal.precompiled import PrecompiledSelect, fetch_rows, lone_statement_connection, precompile
 
 
 class SubjectKind(enum.StrEnum):
@@ -199,9 +199,10 @@ def _resolve_on_postgresql(session: Session, user: int | str) -> Resolution:
     lookup, key = _lookup(user)
     # A lone read: outside a transaction it leaves none open, so the recording
     # statement that follows can still be a transaction of its own.
-    rows = fetch_rows(
-        session.connection(), _precompiled_resolution(lookup), {"user_key": key}, alone=True
-    )
+    with lone_statement_connection(session) as connection:
+        rows = fetch_rows(
+            connection, _precompiled_resolution(lookup), {"user_key": key}, alone=True
+        )
     row = rows[0] if rows else None
     with _recent_lock:
         if row is None:
