@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask
+from flask_limiter import Limiter
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
@@ -50,6 +52,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
 
     limiter.init_app(app)
+    limit_sign_in_only(app, limiter, "auth")
     csrf.init_app(app)
 
     from portal import api, assets, cli, views
@@ -60,6 +63,33 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api.init_app(app)
     csrf.exempt(api.blueprint)  # API clients authenticate with bearer keys, not cookies
     return app
+
+
+def limit_sign_in_only(app: Flask, limiter: Limiter, blueprint: str) -> None:
+    """Run Flask-Limiter's per-request hooks for ``blueprint``'s requests only.
+
+    Flask-Limiter guards sign-in attempts only (the API limits each key
+    itself, see ``portal.api.ratelimit``), yet ``init_app`` hooks every
+    request of the app, and those hooks cost more than a poll's own query.
+    The limits themselves live on the sign-in view (its decorators check
+    them); here its hooks (the check for blueprint-wide limits, the
+    ``X-RateLimit-*`` headers, the per-request context) move to the sign-in
+    blueprint, so every other request runs none of them.
+    """
+
+    def is_limiters(function: Any) -> bool:
+        owner = function.args[0] if isinstance(function, partial) else function
+        return getattr(owner, "__self__", owner) is limiter
+
+    registries = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
+    for registry in registries:
+        hooks = cast(dict[str | None, list[Any]], registry)
+        app_wide = hooks.get(None, [])
+        moved = [function for function in app_wide if is_limiters(function)]
+        if not moved:
+            raise RuntimeError("Flask-Limiter's hooks were not found; was init_app called?")
+        hooks[None] = [function for function in app_wide if not is_limiters(function)]
+        hooks.setdefault(blueprint, []).extend(moved)
 
 
 IDLE_BEFORE_PING_SECONDS = 10.0

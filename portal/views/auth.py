@@ -53,14 +53,6 @@ def index() -> Response:
     return redirect(url_for("usage.dashboard"))
 
 
-@limiter.request_filter
-def _not_a_sign_in_attempt() -> bool:
-    # Flask-Limiter guards sign-in attempts only (the API limits each key
-    # itself, see portal.api.ratelimit): every other request skips its
-    # per-request work, a tenth of a polled page's cost.
-    return not (request.endpoint == "auth.login" and request.method == "POST")
-
-
 @blueprint.route("/login", methods=["GET", "POST"])
 @limiter.limit(LOGIN_LIMIT_PER_ADDRESS, methods=["POST"])
 @limiter.limit(LOGIN_LIMIT_PER_ACCOUNT, methods=["POST"], key_func=_account_key)

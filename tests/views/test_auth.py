@@ -100,6 +100,20 @@ def test_sign_in_attempts_are_rate_limited_per_account(app: Flask, session: Sess
     assert "Too many attempts" in blocked.get_data(as_text=True)  # type: ignore[attr-defined]
 
 
+def test_sign_in_attempts_say_how_many_remain_and_other_answers_do_not(
+    app: Flask, session: Session
+) -> None:
+    make_user(session, email="ada@example.com", password=PASSWORD)
+    session.commit()
+    client = app.test_client()
+    attempt = sign_in(client, "ada@example.com", "wrong")
+    assert attempt.headers["X-RateLimit-Limit"] == "5"  # type: ignore[attr-defined]
+    assert attempt.headers["X-RateLimit-Remaining"] == "4"  # type: ignore[attr-defined]
+    # Only sign-in attempts are Flask-Limiter's: pages and the API carry no count.
+    for path in ("/login", "/healthz", "/api/v1/openapi.json"):
+        assert "X-RateLimit-Limit" not in client.get(path).headers
+
+
 def test_passwords_are_hashed_with_a_current_algorithm(session: Session) -> None:
     user = make_user(session, email="ada@example.com", password=PASSWORD)
     assert user.password_hash and user.password_hash.startswith(("scrypt:", "pbkdf2:"))
