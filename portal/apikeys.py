@@ -6,6 +6,7 @@ import functools
 import hashlib
 import re
 import secrets
+import threading
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -26,6 +27,10 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 class ApiKeyError(ValueError):
     """A key cannot be created or revoked as asked."""
+
+
+class ApiKeyRevoked(RuntimeError):
+    """The key was revoked before the write it authorized; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ def revoke_api_key(session: Session, name: str, now: datetime) -> ApiKeyInfo:
     if row.revoked_at is None:
         row.revoked_at = now
         session.flush()
+    forget_key(row.key_hash)
     return _info(row)
 
 
@@ -91,11 +97,13 @@ def authenticate(session: Session, key: str, now: datetime) -> ApiKeyInfo | None
     """The live key matching ``key``, or ``None`` for a malformed, unknown or revoked one."""
     if not KEY_PATTERN.match(key):
         return None
+    key_hash = hash_key(key)
     # Every API call starts here, so the lookup takes the fast path, and leaves
     # the session without a transaction for the recording that follows.
     with lone_statement_connection(session) as connection:
-        rows = fetch_rows(connection, _key_by_hash(), {"key_hash": hash_key(key)}, alone=True)
+        rows = fetch_rows(connection, _key_by_hash(), {"key_hash": key_hash}, alone=True)
     if not rows or rows[0][5] is not None:
+        forget_key(key_hash)
         return None
     key_id, name, prefix, created_at, last_used_at, _revoked_at = rows[0]
     info = ApiKeyInfo(
@@ -108,8 +116,49 @@ def authenticate(session: Session, key: str, now: datetime) -> ApiKeyInfo | None
     )
     if info.last_used_at is None or now - info.last_used_at >= LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
-        return replace(info, refreshed=True)
+        info = replace(info, last_used_at=now, refreshed=True)
+    _remember(key_hash, info)
     return info
+
+
+REMEMBERED_KEYS = 1_000
+"""How many keys each process remembers between lookups."""
+_remembered: dict[str, ApiKeyInfo] = {}
+_remembered_lock = threading.Lock()
+
+
+def remembered_key(key: str, now: datetime) -> ApiKeyInfo | None:
+    """``key`` as this process last authenticated it, without a lookup; else ``None``.
+
+    Remembered only until its ``last_used_at`` is due for a refresh (a
+    minute), so ``authenticate`` still keeps that up to date. The key may
+    have been revoked since: use it only to authorize a write that checks
+    the key is still live in the same statement (``record_request``'s
+    ``api_key_id``), which then raises ``ApiKeyRevoked`` and writes nothing.
+    Recording a suggestion then costs one round trip instead of two.
+    """
+    if not KEY_PATTERN.match(key):
+        return None
+    info = _remembered.get(hash_key(key))
+    if info is None or info.last_used_at is None:
+        return None
+    if now - info.last_used_at >= LAST_USED_RESOLUTION:
+        return None
+    return info
+
+
+def forget_key(key_hash: str) -> None:
+    """Drop a key this process remembers (it was revoked, or is unknown)."""
+    with _remembered_lock:
+        _remembered.pop(key_hash, None)
+
+
+def _remember(key_hash: str, info: ApiKeyInfo) -> None:
+    with _remembered_lock:
+        _remembered.pop(key_hash, None)
+        if len(_remembered) >= REMEMBERED_KEYS:
+            del _remembered[next(iter(_remembered))]  # the oldest
+        _remembered[key_hash] = replace(info, refreshed=False)
 
 
 def _info(row: ApiKey) -> ApiKeyInfo:

@@ -18,7 +18,7 @@ from portal.api.errors import ApiError, register_error_handlers
 from portal.api.openapi import openapi_document
 from portal.api.parsing import is_plausible_email, parse_usage_event, read_json_object
 from portal.api.ratelimit import ApiRateLimit
-from portal.apikeys import authenticate
+from portal.apikeys import ApiKeyRevoked, authenticate, forget_key, hash_key, remembered_key
 from portal.extensions import db
 from portal.usage import (
     IdempotencyKeyReused,
@@ -76,19 +76,32 @@ def require_api_key() -> None:
         return
     enforce_rate_limit()
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    info = authenticate(db.session(), key.strip(), _now()) if scheme.lower() == "bearer" else None
+    key = key.strip() if scheme.lower() == "bearer" else ""
+    now = _now()
+    info = None
+    if request.endpoint == "api.record_usage_event":
+        # The recording statement checks that the key is still live
+        # (``api_key_id``), so a key this process authenticated a moment ago
+        # needs no lookup of its own: one round trip per suggestion.
+        info = remembered_key(key, now)
     if info is None:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "Send a valid API key as 'Authorization: Bearer <key>'.",
-            headers={"WWW-Authenticate": 'Bearer realm="usage-api"'},
-        )
+        info = authenticate(db.session(), key, now)
+    if info is None:
+        raise _unauthorized()
     if info.refreshed:
         db.session.commit()  # at most once a minute: keeps last_used_at
     g.api_key = info
     request.max_content_length = (
         BATCH_BODY_LIMIT if request.endpoint == "api.record_usage_events" else EVENT_BODY_LIMIT
+    )
+
+
+def _unauthorized() -> ApiError:
+    return ApiError(
+        401,
+        "unauthorized",
+        "Send a valid API key as 'Authorization: Bearer <key>'.",
+        headers={"WWW-Authenticate": 'Bearer realm="usage-api"'},
     )
 
 
@@ -121,7 +134,11 @@ def record_usage_event() -> tuple[Response, int]:
         raise _validation_error(invalid.errors) from None
     session = db.session()
     try:
-        outcome = record_request(session, email, usage, now)
+        outcome = record_request(session, email, usage, now, api_key_id=g.api_key.id)
+    except ApiKeyRevoked:
+        # Revoked since this process last looked it up: nothing was recorded.
+        forget_key(hash_key(request.headers["Authorization"].partition(" ")[2].strip()))
+        raise _unauthorized() from None
     except UnknownUser:
         raise ApiError(404, "user_not_found", "No user has this email address.") from None
     except IdempotencyKeyReused as reused:

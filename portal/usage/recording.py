@@ -34,6 +34,7 @@ from sqlalchemy import JSON, Integer, Uuid, bindparam, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from portal.apikeys import ApiKeyRevoked
 from portal.models import UsageEvent, UTCDateTime
 from portal.periods import as_utc
 from portal.plans import DEFAULT_EVENT_TYPE, EVENT_TYPES
@@ -188,7 +189,12 @@ MAX_RESOLUTION_ATTEMPTS = 3
 
 
 def record_request(
-    session: Session, user: int | str, request: UsageRequest, now: datetime
+    session: Session,
+    user: int | str,
+    request: UsageRequest,
+    now: datetime,
+    *,
+    api_key_id: int | None = None,
 ) -> RecordOutcome:
     """``record_usage`` for input already validated; commits the session's transaction.
 
@@ -197,21 +203,37 @@ def record_request(
     resolution query still returns the same row at that moment, and otherwise
     nothing is written and the plan is resolved again. So the plan in force
     when the statement runs always governs, in one round trip.
+
+    With ``api_key_id``, the usage is recorded only while that API key is
+    live, checked in the same statement; a revoked one raises
+    ``ApiKeyRevoked`` and nothing is written.
     """
     # Changes the caller left pending belong to the transaction this commits.
     session.flush()
-    if session.get_bind().dialect.name != "postgresql":
-        outcome = record_validated(session, resolve_effective_plan(session, user), request, now)
+    try:
+        outcome = _record_until_plan_holds(session, user, request, now, api_key_id)
+    except ApiKeyRevoked:
+        session.rollback()  # the hard-capped path's transaction, with nothing written
+        raise
+    # Nothing to commit when the statement was its own transaction and the
+    # session never began one (``lone_statement_connection``).
+    if session_in_transaction(session):
         session.commit()
+    return outcome
+
+
+def _record_until_plan_holds(
+    session: Session, user: int | str, request: UsageRequest, now: datetime, api_key_id: int | None
+) -> RecordOutcome:
+    if session.get_bind().dialect.name != "postgresql":
+        effective = resolve_effective_plan(session, user)
+        outcome = _record(session, effective, request, now, None, False, api_key_id)
+        assert outcome is not None  # only a guarded statement can find its plan outdated
         return outcome
     resolution = recent_resolution(session, user)
     for _ in range(MAX_RESOLUTION_ATTEMPTS):
-        found = _record(session, resolution.plan, request, now, resolution, alone=True)
+        found = _record(session, resolution.plan, request, now, resolution, True, api_key_id)
         if found is not None:
-            # Nothing to commit when the statement was its own transaction
-            # and the session never began one (``lone_statement_connection``).
-            if session_in_transaction(session):
-                session.commit()
             return found
         resolution = resolve_again(session, user)
     raise PlanKeptChanging(f"the plan of {user!r} changed during each attempt to record usage")
@@ -225,7 +247,7 @@ def record_validated(
     Writes in the caller's transaction and leaves the commit to the caller,
     who may record many events in one transaction (the demo data does).
     """
-    outcome = _record(session, effective, request, now, None, alone=False)
+    outcome = _record(session, effective, request, now, None, False, None)
     assert outcome is not None  # only a guarded statement can find its plan outdated
     return outcome
 
@@ -236,15 +258,16 @@ def _record(
     request: UsageRequest,
     now: datetime,
     guard: Resolution | None,
-    *,
     alone: bool,
+    api_key_id: int | None,
 ) -> RecordOutcome | None:
     """Record under ``effective``; ``None`` when ``guard`` no longer holds (nothing written).
 
     With ``alone``, PostgreSQL's recording statement may be a transaction of
     its own (``execute_on_driver``), except on a hard-capped plan: a usage
     the cap refuses is taken back by a second statement, so those two need
-    the transaction around them.
+    the transaction around them. With ``api_key_id``, raises
+    ``ApiKeyRevoked`` (nothing written) unless that key is live.
     """
     period = effective.period_at(request.occurred_at)
     subject = effective.subject
@@ -266,6 +289,7 @@ def _record(
         "period_start": period.start,
         "period_end": period.end,
         "metadata": request.metadata,
+        "api_key_id": api_key_id,
     }
     bind = session.get_bind()
     dialect = bind.dialect.name
@@ -273,10 +297,12 @@ def _record(
         alone = alone and not (counts and effective.plan.is_hard_capped)
         with lone_statement_connection(session, alone, bind) as connection:
             written = _write_in_one_statement(connection, effective, counts, values, guard, alone)
-        if not written.plan_in_force:
-            return None
     else:
         written = _write_step_by_step(session.connection(), effective, counts, values)
+    if not written.key_live:
+        raise ApiKeyRevoked(f"API key {api_key_id} is no longer live; nothing was recorded")
+    if not written.plan_in_force:
+        return None
 
     if not written.inserted:
         return _original_outcome(session, effective, request, now)
@@ -303,6 +329,8 @@ class _Written:
     member_used: int | None
     plan_in_force: bool = True
     """False when a guarded statement found the plan changed: nothing was written."""
+    key_live: bool = True
+    """False when the API key the write needs was revoked: nothing was written."""
 
 
 def _write_step_by_step(
@@ -310,6 +338,10 @@ def _write_step_by_step(
 ) -> _Written:
     """Event, total and member share as three statements (SQLite)."""
     statements = recording_statements(connection.dialect.name)
+    if values["api_key_id"] is not None:
+        live = connection.execute(statements.live_api_key, {"api_key_id": values["api_key_id"]})
+        if live.first() is None:
+            return _Written(False, None, None, key_live=False)
     event_values = {name: values[name] for name in EVENT_COLUMNS}
     if connection.execute(statements.insert_event, event_values).scalar_one_or_none() is None:
         return _Written(False, None, None)
@@ -365,16 +397,17 @@ def _write_in_one_statement(
         effective.plan.is_hard_capped,
         counts,
         guard.lookup if guard is not None else None,
+        values["api_key_id"] is not None,
     )
     driver_values = {**values, "metadata": Json(values["metadata"]) if values["metadata"] else None}
     if guard is not None:
         driver_values |= resolution_guard_sql(guard.lookup)[1]
         driver_values |= resolution_guard_parameters(guard)
     # The final SELECT always yields exactly one row.
-    ((plan_in_force, event_id, used, member_used),) = execute_on_driver(
+    ((plan_in_force, key_live, event_id, used, member_used),) = execute_on_driver(
         connection, sql, driver_values, alone=alone
     )
-    return _Written(event_id is not None, used, member_used, plan_in_force)
+    return _Written(event_id is not None, used, member_used, plan_in_force, key_live)
 
 
 EVENT_COLUMNS = (
@@ -395,7 +428,7 @@ EVENT_COLUMNS = (
 
 @functools.cache
 def _one_statement_sql(
-    kind: SubjectKind, capped: bool, counts: bool, guard_lookup: str | None
+    kind: SubjectKind, capped: bool, counts: bool, guard_lookup: str | None, key_guard: bool
 ) -> str:
     """PostgreSQL's recording statement: data-modifying CTEs, in psycopg's parameter style.
 
@@ -405,19 +438,27 @@ def _one_statement_sql(
     share. With ``guard_lookup`` (``"id"`` or ``"email"``), ``event`` only
     inserts while the resolution query still returns the row the caller
     planned with (``resolution_guard_sql``); the first column says whether
-    it did.
+    it did. With ``key_guard``, only while the API key ``api_key_id`` is
+    live; the second column says whether it was.
     """
     column = "organization_id" if kind is SubjectKind.ORGANIZATION else "user_id"
     columns = ", ".join(EVENT_COLUMNS)
     placeholders = ", ".join(f"%({name})s" for name in EVENT_COLUMNS)
     parts = []
-    in_force = "TRUE"
-    if guard_lookup is None:
-        event_source = f"VALUES ({placeholders})"
-    else:
+    guards = []
+    in_force, key_live = "TRUE", "TRUE"
+    if guard_lookup is not None:
         parts.append(resolution_guard_sql(guard_lookup)[0])
-        event_source = f"SELECT {placeholders} FROM plan_in_force"
+        guards.append("plan_in_force")
         in_force = "EXISTS (SELECT FROM plan_in_force)"
+    if key_guard:
+        parts.append(f"live_key AS ({LIVE_API_KEY_SQL.format(api_key_id='%(api_key_id)s')})")
+        guards.append("live_key")
+        key_live = "EXISTS (SELECT FROM live_key)"
+    if guards:
+        event_source = f"SELECT {placeholders} FROM {', '.join(guards)}"
+    else:
+        event_source = f"VALUES ({placeholders})"
     parts.append(
         f"""event AS (
             INSERT INTO usage_events ({columns}) {event_source}
@@ -425,7 +466,7 @@ def _one_statement_sql(
             RETURNING id
         )"""
     )
-    selected = [in_force, "(SELECT id FROM event)", "NULL::integer", "NULL::integer"]
+    selected = [in_force, key_live, "(SELECT id FROM event)", "NULL::integer", "NULL::integer"]
     if counts:
         admit = "WHERE %(quantity)s <= %(included)s" if capped else ""
         guard = "WHERE usage_records.used + excluded.used <= excluded.included" if capped else ""
@@ -445,7 +486,7 @@ def _one_statement_sql(
             RETURNING used
         )"""
         )
-        selected[2] = "(SELECT used FROM total)"
+        selected[3] = "(SELECT used FROM total)"
         if kind is SubjectKind.ORGANIZATION:
             parts.append(
                 """share AS (
@@ -458,8 +499,12 @@ def _one_statement_sql(
             RETURNING used
         )"""
             )
-            selected[3] = "(SELECT used FROM share)"
+            selected[4] = "(SELECT used FROM share)"
     return f"WITH {', '.join(parts)} SELECT {', '.join(selected)}"
+
+
+LIVE_API_KEY_SQL = "SELECT 1 FROM api_keys WHERE id = {api_key_id} AND revoked_at IS NULL"
+"""A row while the API key is live: the same test for both engines' recording."""
 
 
 @dataclass(frozen=True)
@@ -477,6 +522,7 @@ class RecordingStatements:
     add_to_member_shares: Any
     """Member increments without a result, for ``executemany``."""
     delete_event: Any
+    live_api_key: Any
 
 
 def _total_sql(column: str, *, increment: str, guard: str, returning: bool) -> str:
@@ -580,6 +626,7 @@ def recording_statements(dialect: str) -> RecordingStatements:
     delete_event = text("DELETE FROM usage_events WHERE id IN :event_ids").bindparams(
         bindparam("event_ids", type_=Uuid(), expanding=True)
     )
+    live_api_key = text(LIVE_API_KEY_SQL.format(api_key_id=":api_key_id"))
     return RecordingStatements(
         insert_event,
         add_to_total,
@@ -588,6 +635,7 @@ def recording_statements(dialect: str) -> RecordingStatements:
         add_to_member_share,
         add_to_member_shares,
         delete_event,
+        live_api_key,
     )
 
 

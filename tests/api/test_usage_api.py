@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from portal.apikeys import create_api_key, revoke_api_key
@@ -71,6 +71,48 @@ def test_revoked_key_is_refused_at_once(app: Flask, session: Session, api: Api) 
     revoke_api_key(session, "test-backend", now())
     session.commit()
     assert api("get", f"/users/{email}/usage").status_code == 401
+
+
+def member_of_team(session: Session) -> str:
+    org = make_org(session, plan="team", anchor=now() - timedelta(days=3))
+    user = make_user(session, org=org)
+    session.commit()
+    return user.email
+
+
+@pytest.mark.parametrize("subject", [pro_user, free_user, member_of_team])
+def test_key_revoked_elsewhere_records_nothing_from_the_next_call(
+    session: Session, api: Api, subject: Any
+) -> None:
+    # Recording trusts a key this process authenticated a moment ago and lets
+    # the recording statement check it is still live; another process (a
+    # second worker, `flask revoke-api-key` on another machine) revoking it
+    # must stop the very next suggestion all the same.
+    email = subject(session)
+    assert api("post", "/usage-events", json=event(email)).status_code == 201
+    session.execute(update(ApiKey).values(revoked_at=now()))
+    session.commit()
+    for _ in range(2):
+        refused = api("post", "/usage-events", json=event(email))
+        assert refused.status_code == 401
+        assert refused.json["error"]["code"] == "unauthorized"
+    assert recorded(session) == (1, 1)
+
+
+def test_recording_keeps_last_used_at_current_to_the_minute(
+    session: Session, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    email = pro_user(session)
+    start = now()
+    for minutes in (0, 0.5, 2):
+        monkeypatch.setattr("portal.api._now", lambda m=minutes: start + timedelta(minutes=m))
+        assert api("post", "/usage-events", json=event(email)).status_code == 201
+        session.expire_all()
+        last_used = session.scalars(select(ApiKey)).one().last_used_at
+        assert last_used is not None
+        # Written at most once a minute, never more than a minute behind.
+        assert start + timedelta(minutes=minutes) - last_used < timedelta(minutes=1)
+    assert last_used == start + timedelta(minutes=2)
 
 
 def test_key_use_is_remembered(session: Session, api: Api) -> None:
