@@ -164,24 +164,35 @@ def generate_backlog(engine: Engine, events: int, now: datetime) -> None:
 
     period_end = add_months(anchor, 1)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE usage_events, usage_report_batches, usage_report_runs"))
+        conn.execute(
+            text(
+                "TRUNCATE usage_events, usage_report_backlog, usage_report_batches, "
+                "usage_report_skips, usage_report_runs"
+            )
+        )
+        # Each event goes into the reporter's backlog with it, as recording does.
         conn.execute(
             text(
                 """
-                INSERT INTO usage_events (id, user_id, organization_id, plan_id, event_type,
-                    quantity, idempotency_key, occurred_at, recorded_at, period_start,
-                    period_end)
-                SELECT gen_random_uuid(),
-                    CASE WHEN c < :individuals THEN c + 1
-                        ELSE :individuals + (c - :individuals) * :per_org
-                            + (g / :customers) % :per_org + 1 END,
-                    CASE WHEN c < :individuals THEN NULL ELSE c - :individuals + 1 END,
-                    CASE WHEN c < :individuals THEN 'pro' ELSE 'business' END,
-                    'suggestion', 1 + g % 3, 'bench-' || g,
-                    :now - (g % 172800) * interval '1 second',
-                    :now - (g % 172800) * interval '1 second',
-                    :period_start, :period_end
-                FROM (SELECT g, g % :customers AS c FROM generate_series(0, :events - 1) AS g) s
+                WITH recorded AS (
+                    INSERT INTO usage_events (id, user_id, organization_id, plan_id, event_type,
+                        quantity, idempotency_key, occurred_at, recorded_at, period_start,
+                        period_end)
+                    SELECT gen_random_uuid(),
+                        CASE WHEN c < :individuals THEN c + 1
+                            ELSE :individuals + (c - :individuals) * :per_org
+                                + (g / :customers) % :per_org + 1 END,
+                        CASE WHEN c < :individuals THEN NULL ELSE c - :individuals + 1 END,
+                        CASE WHEN c < :individuals THEN 'pro' ELSE 'business' END,
+                        'suggestion', 1 + g % 3, 'bench-' || g,
+                        :now - (g % 172800) * interval '1 second',
+                        :now - (g % 172800) * interval '1 second',
+                        :period_start, :period_end
+                    FROM (SELECT g, g % :customers AS c FROM generate_series(0, :events - 1) AS g) s
+                    RETURNING id, organization_id, user_id, period_start
+                )
+                INSERT INTO usage_report_backlog (event_id, organization_id, user_id, period_start)
+                SELECT id, organization_id, user_id, period_start FROM recorded
                 """
             ),
             {
@@ -195,7 +206,7 @@ def generate_backlog(engine: Engine, events: int, now: datetime) -> None:
             },
         )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE usage_events"))
+        conn.execute(text("VACUUM ANALYZE usage_events, usage_report_backlog"))
 
 
 def run_reporters(database_url: str, standin_url: str, backlog: int, processes: int) -> RunResult:
@@ -254,9 +265,16 @@ def run_reporters(database_url: str, standin_url: str, backlog: int, processes: 
 def verify(engine: Engine, standin: object, backlog: int) -> None:
     """Every event reported, and Stripe holding exactly each customer's usage."""
     with engine.connect() as conn:
-        unreported = conn.execute(
-            text("SELECT count(*) FROM usage_events WHERE stripe_reported_at IS NULL")
-        ).scalar_one()
+        # Reported: listed by a sent batch, each event once; nothing left anywhere else.
+        reported, distinct, waiting, unsent = conn.execute(
+            text(
+                "SELECT COUNT(*), COUNT(DISTINCT j.value), "
+                "(SELECT COUNT(*) FROM usage_report_backlog), "
+                "(SELECT COUNT(*) FROM usage_report_batches WHERE status <> 'sent') "
+                "FROM usage_report_batches AS b, json_array_elements_text(b.event_ids) AS j "
+                "WHERE b.status = 'sent'"
+            )
+        ).one()
         expected = dict(
             conn.execute(
                 text(
@@ -268,8 +286,11 @@ def verify(engine: Engine, standin: object, backlog: int) -> None:
                 )
             ).all()
         )
-    if unreported:
-        raise BenchmarkError(f"{unreported} of {backlog} events were not reported")
+    if (reported, distinct, waiting, unsent) != (backlog, backlog, 0, 0):
+        raise BenchmarkError(
+            f"of {backlog} events, {reported} are listed by sent batches ({distinct} distinct), "
+            f"{waiting} still wait in the backlog and {unsent} batches are not sent"
+        )
     totals = standin.totals()  # type: ignore[attr-defined]
     if totals != expected:
         wrong = sum(1 for c in expected if totals.get(c) != expected[c])

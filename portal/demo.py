@@ -13,13 +13,12 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
 from portal.accounts import create_organization, create_user
-from portal.billing.reporter import SkipReason
-from portal.models import UsageEvent, User
+from portal.models import UsageEvent, User, usage_report_backlog
 from portal.periods import add_months
 from portal.plans import get_plan
 from portal.usage.recording import UsageRequest, record_validated
@@ -188,24 +187,16 @@ def seed_demo(session: Session, now: datetime) -> DemoResult:
         result.events += _backfill(session, rng, user_id, share, history_share, now)
     result.users = len(targets)
 
-    # Everything paid and older than a couple of days was reported long ago,
-    # before this portal's reporter: it leaves the backlog as the reporter
-    # would leave it (skipped, already reported), so `flask usage-status`
-    # shows only the last couple of days' usage as waiting.
+    # Everything older than a couple of days was reported (or, if free,
+    # passed over) long ago, before this portal's reporter: it leaves the
+    # backlog, so `flask usage-status` shows only the last couple of days'
+    # usage as waiting.
     session.execute(
-        update(UsageEvent)
-        .where(UsageEvent.recorded_at < now - UNREPORTED_WINDOW, UsageEvent.plan_id != "free")
-        .values(
-            stripe_reported_at=UsageEvent.recorded_at,
-            report_status="skipped",
-            report_skip_reason=SkipReason.ALREADY_REPORTED.value,
+        delete(usage_report_backlog).where(
+            usage_report_backlog.c.event_id.in_(
+                select(UsageEvent.id).where(UsageEvent.recorded_at < now - UNREPORTED_WINDOW)
+            )
         )
-    )
-    # Free usage is never billed; earlier runs of the reporter skipped it.
-    session.execute(
-        update(UsageEvent)
-        .where(UsageEvent.recorded_at < now - UNREPORTED_WINDOW, UsageEvent.plan_id == "free")
-        .values(report_status="skipped", report_skip_reason=SkipReason.FREE_PLAN.value)
     )
     session.flush()
     return result

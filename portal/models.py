@@ -67,7 +67,7 @@ def utcnow() -> datetime:
 LIVE_SUBSCRIPTION_STATUSES = ("active", "trialing", "past_due")
 SUBSCRIPTION_STATUSES = (*LIVE_SUBSCRIPTION_STATUSES, "canceled", "paused")
 ROLES = ("admin", "member")
-EVENT_REPORT_STATUSES = ("pending", "batched", "skipped")
+REPORT_SKIP_REASONS = ("not_billable", "free_plan", "no_customer", "already_reported")
 REPORT_BATCH_STATUSES = ("pending", "sent", "failed")
 REPORT_RUN_OUTCOMES = ("running", "ok", "incomplete", "failed", "error")
 
@@ -161,42 +161,19 @@ class UserSubscription(db.Model):  # type: ignore[name-defined,misc]
 
 
 class UsageEvent(db.Model):  # type: ignore[name-defined,misc]
-    """One recorded use of the assistant. Append-only.
+    """One recorded use of the assistant. Append-only: never updated once written.
 
-    ``organization_id`` names the organization whose pool the event draws on;
-    it is null when the user is billed individually (then the user is the
-    billing subject).
+    ``organization_id`` names the organization whose pool it draws on; it is
+    null when the user is billed individually (then the user is the billing
+    subject). Whether and when it reached Stripe is not written here: the
+    event waits in ``usage_report_backlog`` until a report run claims it into
+    exactly one report batch (``UsageReportBatch.event_ids``; reported when
+    that batch is sent, at its ``sent_at``) or one skip
+    (``UsageReportSkip.event_ids``).
     """
 
     __tablename__ = "usage_events"
-    __table_args__ = (
-        CheckConstraint("quantity > 0", name="quantity_positive"),
-        CheckConstraint(_one_of("report_status", EVENT_REPORT_STATUSES), name="report_status"),
-        # The reporter's backlog, in the order it claims it: by billing subject
-        # and period, so one claim aggregates into few meter events. Partial,
-        # so it stays as small as the backlog however long the history grows.
-        Index(
-            "ix_usage_events_report_backlog",
-            "organization_id",
-            "user_id",
-            "period_start",
-            sqlite_where=text("report_status = 'pending'"),
-            postgresql_where=text("report_status = 'pending'"),
-        ),
-        Index(
-            "ix_usage_events_report_batch_id",
-            "report_batch_id",
-            sqlite_where=text("report_batch_id IS NOT NULL"),
-            postgresql_where=text("report_batch_id IS NOT NULL"),
-        ),
-        # Paid usage nobody could be billed for: rare, and usage-status counts it.
-        Index(
-            "ix_usage_events_unbilled_no_customer",
-            "occurred_at",
-            sqlite_where=text("report_skip_reason = 'no_customer'"),
-            postgresql_where=text("report_skip_reason = 'no_customer'"),
-        ),
-    )
+    __table_args__ = (CheckConstraint("quantity > 0", name="quantity_positive"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True, default=uuid.uuid4)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
@@ -210,16 +187,60 @@ class UsageEvent(db.Model):  # type: ignore[name-defined,misc]
     period_start: Mapped[datetime] = mapped_column(UTCDateTime())
     period_end: Mapped[datetime] = mapped_column(UTCDateTime())
     event_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
-    stripe_reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # Reporting to Stripe (portal.billing.reporter). Recording never names
-    # these columns, so each has a server default or is nullable.
-    report_status: Mapped[str] = mapped_column(String(16), server_default="pending")
-    """``pending`` (possibly claimed into a pending batch's ``event_ids``);
-    ``batched`` into ``report_batch_id`` once that batch is settled (reported
-    when ``stripe_reported_at`` is set, else its batch failed); or ``skipped``
-    (``report_skip_reason`` says why)."""
-    report_batch_id: Mapped[int | None] = mapped_column(ForeignKey("usage_report_batches.id"))
-    report_skip_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+usage_report_backlog = db.Table(
+    "usage_report_backlog",
+    db.Column("event_id", Uuid(), nullable=False),
+    db.Column("organization_id", Integer, nullable=True),
+    db.Column("user_id", Integer, nullable=False),
+    db.Column("period_start", UTCDateTime(), nullable=False),
+    # In the order claims take it: by billing subject and period, so one
+    # claim aggregates into few meter events.
+    Index("ix_usage_report_backlog_claim_order", "organization_id", "user_id", "period_start"),
+)
+"""Usage events not yet claimed by a report run: a queue, one row per event.
+
+Written by the statement that records the event and deleted by the claim
+that takes it, so reporting never updates ``usage_events`` (a wide table
+with large indexes, where every update would rewrite the row and each of
+them). No primary key or foreign key: rows are only ever inserted with their
+event and deleted by position (``ctid``/``rowid``), and either would cost the
+recording of every suggestion an index lookup more.
+"""
+
+
+class UsageReportSkip(db.Model):  # type: ignore[name-defined,misc]
+    """Usage events a report run took from the backlog without sending them, and why."""
+
+    __tablename__ = "usage_report_skips"
+    __table_args__ = (
+        CheckConstraint(_one_of("reason", REPORT_SKIP_REASONS), name="reason"),
+        CheckConstraint("event_count > 0", name="event_count_positive"),
+        # Paid usage nobody could be billed for, not yet put back: usage-status counts it.
+        Index(
+            "ix_usage_report_skips_unbilled",
+            "created_at",
+            sqlite_where=text("reason = 'no_customer' AND requeued_at IS NULL"),
+            postgresql_where=text("reason = 'no_customer' AND requeued_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    """``not_billable``, ``free_plan``, ``no_customer`` (paid usage of a subject
+    without a Stripe customer), or ``already_reported`` (reported before this
+    reporter existed)."""
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("usage_report_runs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    event_count: Mapped[int] = mapped_column(Integer)
+    value: Mapped[int] = mapped_column(BigInteger)
+    oldest_occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    latest_occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    requeued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When ``flask report-usage --requeue-unbilled`` put these events back in the backlog."""
+    event_ids: Mapped[list[str]] = mapped_column(JSON, deferred=True)
+    """The skipped usage events' ids, as the database spells them."""
 
 
 class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
@@ -332,12 +353,12 @@ class UsageReportRun(db.Model):  # type: ignore[name-defined,misc]
 class UsageReportBatch(db.Model):  # type: ignore[name-defined,misc]
     """One meter event for Stripe: the outbox row, written before Stripe is called.
 
-    It sums usage events of one Stripe customer, meter and billing period
-    (listed in ``event_ids`` while pending; once it is settled the events
-    point here through ``report_batch_id``). Its ``identifier``,
-    ``value`` and ``meter_timestamp`` never change once written, so every
+    It sums the usage events of one Stripe customer, meter and billing period
+    that ``event_ids`` lists. Its ``identifier``, ``value``,
+    ``meter_timestamp`` and events never change once written, so every
     attempt sends the same meter event and Stripe's identifier check makes a
-    repeated delivery harmless.
+    repeated delivery harmless. Its events are reported when it is sent (at
+    ``sent_at``); each usage event is listed by one batch or skip at most.
     """
 
     __tablename__ = "usage_report_batches"
@@ -380,10 +401,8 @@ class UsageReportBatch(db.Model):  # type: ignore[name-defined,misc]
     stripe_request_id: Mapped[str | None] = mapped_column(String(255))
     created_run_id: Mapped[int | None] = mapped_column(ForeignKey("usage_report_runs.id"))
     last_run_id: Mapped[int | None] = mapped_column(ForeignKey("usage_report_runs.id"))
-    event_ids: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), deferred=True)
-    """The usage events of a batch not yet settled, as the database spells their ids.
+    event_ids: Mapped[list[str]] = mapped_column(JSON, deferred=True)
+    """The usage events this batch reports, as the database spells their ids.
 
-    A claim writes them here rather than updating each event; settling the
-    batch (sent or failed) writes ``report_batch_id`` into the events once
-    and clears this. Deferred: up to a claim's worth of ids, read by SQL only.
+    Deferred: up to a claim's worth of ids, read by SQL only.
     """

@@ -76,7 +76,8 @@ def fetch_rows(
 def execute_on_driver(
     connection: Connection, sql: str, parameters: Mapping[str, Any], *, alone: bool = False
 ) -> Sequence[tuple[Any, ...]]:
-    """Run psycopg-style ``sql`` on the driver's cursor of ``connection``; every row it returns.
+    """Run psycopg-style ``sql`` on the driver's cursor of ``connection``; every row it returns
+    (none for a statement that returns no rows).
 
     For the few statements on hot paths only: SQLAlchemy sees none of it, so
     a connection the database dropped is reported to it here, and not put
@@ -96,7 +97,7 @@ def execute_on_driver(
         dbapi_connection.autocommit = True
     try:
         cursor.execute(sql, parameters)
-        return cursor.fetchall()
+        return cursor.fetchall() if cursor.description is not None else []
     except connection.dialect.loaded_dbapi.Error as error:
         if connection.dialect.is_disconnect(error, dbapi_connection, cursor):
             connection.invalidate(error)

@@ -7,7 +7,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from portal.demo import UNREPORTED_WINDOW
-from portal.models import Membership, Organization, UsageEvent, User, UserSubscription
+from portal.models import (
+    Membership,
+    Organization,
+    UsageEvent,
+    User,
+    UserSubscription,
+    usage_report_backlog,
+)
 from portal.usage import check_usage, get_org_usage_summary, organization_period
 
 
@@ -154,16 +161,12 @@ def test_seed_demo_loads_a_living_portal_once(app: Flask, session: Session) -> N
         history_start = organization_period(org, now).shifted(-11).start
         assert org.billing_anchor <= history_start  # a full year of history
     assert members == 30
-    unreported = session.scalar(
-        select(func.count()).where(
-            UsageEvent.stripe_reported_at.is_(None), UsageEvent.plan_id != "free"
-        )
-    )
-    assert unreported and unreported > 0
     # Only the last couple of days' usage waits for the reporter; what came
-    # before left the backlog, as the reporter itself would have left it.
-    oldest_waiting = session.scalar(
-        select(func.min(UsageEvent.recorded_at)).where(UsageEvent.report_status == "pending")
-    )
-    assert oldest_waiting is not None
+    # before was reported before this portal, and left the backlog.
+    waiting, oldest_waiting = session.execute(
+        select(func.count(), func.min(UsageEvent.recorded_at)).join_from(
+            usage_report_backlog, UsageEvent, UsageEvent.id == usage_report_backlog.c.event_id
+        )
+    ).one()
+    assert waiting > 0 and oldest_waiting is not None
     assert oldest_waiting >= now - UNREPORTED_WINDOW - timedelta(minutes=1)

@@ -31,6 +31,7 @@ from portal.billing.reporter import (
     mark_batch_sent,
     report_usage,
 )
+from portal.billing.reporter import requeue_unbilled as requeue_unbilled_usage
 from portal.billing.settings import StripeSettings, load_stripe_settings
 from portal.billing.status import ReportingStatus, RunInfo, reporting_status
 from portal.config import ConfigError
@@ -104,6 +105,12 @@ def _settings_or_exit(ctx: click.Context) -> StripeSettings:
     help="Settle a failed batch that reached Stripe another way (checked by hand); repeatable. "
     "Sends nothing.",
 )
+@click.option(
+    "--requeue-unbilled",
+    is_flag=True,
+    help="Put paid usage skipped for lack of a Stripe customer (of the last 34 days) back in "
+    "the backlog, once the customer is set. Sends nothing; the next run does.",
+)
 @click.pass_context
 def report_usage_command(
     ctx: click.Context,
@@ -115,10 +122,16 @@ def report_usage_command(
     as_json: bool,
     retry_failed: bool,
     mark_sent: tuple[int, ...],
+    requeue_unbilled: bool,
 ) -> None:
     """Send billable usage to Stripe Billing Meters, each unit exactly once (run from cron)."""
     if mark_sent:
         _mark_sent(ctx, mark_sent)
+        return
+    if requeue_unbilled:
+        requeued = requeue_unbilled_usage(_session(), _now())
+        db.session.commit()
+        click.echo(f"Put {requeued} usage events back in the backlog; the next run reports them.")
         return
     settings = _settings_or_exit(ctx)
     options = ReportOptions(

@@ -22,7 +22,6 @@ from portal.billing.reporter import (
     ReportOptions,
     meter_timestamp,
     skip_reason,
-    unclaimed_backlog_condition,
 )
 from portal.models import UsageReportBatch, UTCDateTime
 
@@ -79,19 +78,20 @@ _PREVIEW_SQL = """
         CASE WHEN c.organization_id IS NULL THEN s.stripe_customer_id
             ELSE o.stripe_customer_id END AS customer,
         c.period_start, c.period_end, c.event_type, c.plan_id,
-        CASE WHEN c.stripe_reported_at IS NULL THEN 0 ELSE 1 END AS already_reported,
         CASE WHEN c.occurred_at < :cutoff THEN 1 ELSE 0 END AS too_old,
         SUM(c.quantity) AS value, COUNT(*) AS events, MAX(c.occurred_at) AS latest
     FROM (
-        SELECT organization_id, user_id, quantity, occurred_at, period_start, period_end,
-            event_type, plan_id, stripe_reported_at
-        FROM usage_events
-        WHERE {backlog}
-        {limit}
+        SELECT e.organization_id, e.user_id, e.quantity, e.occurred_at, e.period_start,
+            e.period_end, e.event_type, e.plan_id
+        FROM (
+            SELECT event_id FROM usage_report_backlog
+            {limit}
+        ) AS q
+        JOIN usage_events AS e ON e.id = q.event_id
     ) AS c
     LEFT JOIN user_subscriptions AS s ON c.organization_id IS NULL AND s.user_id = c.user_id
     LEFT JOIN organizations AS o ON o.id = c.organization_id
-    GROUP BY 1, 2, 3, 4, 5, 6, 7
+    GROUP BY 1, 2, 3, 4, 5, 6
 """
 
 
@@ -105,12 +105,7 @@ def preview_report(session: Session, now: datetime, options: ReportOptions) -> R
         else ""
     )
     query = (
-        text(
-            _PREVIEW_SQL.format(
-                limit=limit,
-                backlog=unclaimed_backlog_condition(session.get_bind().dialect.name),
-            )
-        )
+        text(_PREVIEW_SQL.format(limit=limit))
         .bindparams(bindparam("cutoff", type_=when))
         .columns(
             customer=String(),
@@ -118,7 +113,6 @@ def preview_report(session: Session, now: datetime, options: ReportOptions) -> R
             period_end=when,
             event_type=String(),
             plan_id=String(),
-            already_reported=Integer(),
             too_old=Integer(),
             value=Integer(),
             events=Integer(),
@@ -134,7 +128,7 @@ def preview_report(session: Session, now: datetime, options: ReportOptions) -> R
     skipped: Counter[str] = Counter()
     too_old = 0
     for row in session.execute(query, params):
-        reason = skip_reason(row.event_type, row.plan_id, row.customer, bool(row.already_reported))
+        reason = skip_reason(row.event_type, row.plan_id, row.customer)
         if reason is not None:
             skipped[reason.value] += row.events
             continue

@@ -2,21 +2,23 @@
 
 Why nothing is lost or billed twice, through crashes, timeouts and overlapping runs:
 
-1. **Claim.** Pending usage events are taken in chunks of at most
-   ``batch_size`` (PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED``, so
-   concurrent runs on several machines take disjoint events; SQLite:
-   ``BEGIN IMMEDIATE``, one writer at a time). A claim passes over the events
-   listed by pending batches. Each chunk is grouped by (Stripe customer,
-   meter, billing period) into report batches, and the batch rows, with their
-   identifier, value, timestamp and the ids of their events (``event_ids``),
-   are committed *before* Stripe is called: an outbox. The events themselves
-   are not written by a claim. Not-billable events leave the backlog as
-   ``skipped`` in the same transaction.
+1. **Claim.** Recording a usage event also puts it in the backlog
+   (``usage_report_backlog``, one small row per event). A run takes it in
+   chunks of at most ``batch_size``: PostgreSQL locks a chunk with ``SELECT …
+   FOR UPDATE SKIP LOCKED`` (so concurrent runs on several machines take
+   disjoint events) and deletes it in the same statement; SQLite takes one
+   under ``BEGIN IMMEDIATE``, one writer at a time. The chunk is grouped by
+   (Stripe customer, meter, billing period) into report batches, and the
+   batch rows, with their identifier, value, timestamp and the ids of their
+   events (``event_ids``), are committed in that same transaction, *before*
+   Stripe is called: an outbox. Not-billable events leave the backlog as
+   skips (``usage_report_skips``) in the same transaction. So each event
+   leaves the backlog exactly once, into exactly one batch or skip.
 2. **Send.** Each pending batch is one meter event whose ``identifier`` is the
    batch's. Success, or Stripe's "An event already exists with identifier …"
-   (an earlier attempt got through), marks the batch sent and writes its
-   events, once each (``report_batch_id``, ``stripe_reported_at``), in one
-   transaction.
+   (an earlier attempt got through), marks the batch sent: its events are
+   reported, at its ``sent_at``. One row is written, whatever the number of
+   events.
 3. **Anything in between** (a crash, a timeout, a dropped connection, a 5xx)
    leaves the batch pending; every later attempt sends the very same event,
    which Stripe counts once. Permanent refusals mark the batch failed with
@@ -26,23 +28,16 @@ Stripe promises to remember identifiers for at least 24 hours only, so a
 batch that stays pending for ``DEDUPE_SAFE_AGE`` is not resent blindly: it is
 marked failed for a person to check (see the README, "Recovering failed batches").
 
-Why a PostgreSQL claim takes two statements: a claim does not update the
-events it takes (writing each usage event twice, once to claim it and once
-to report it, was most of a run's time), so once a claim commits, its
-events are unlocked and only the pending batches' ``event_ids`` say they are
-taken. A concurrent claim whose snapshot predates that commit could lock
-them next. So the first statement locks a chunk (``FOR UPDATE SKIP
-LOCKED``), and the second, which writes the batches, starts with a newer
-snapshot and keeps only the locked events that are still in no pending
-batch: any claim that held them before has committed by then, and its
-batches are visible.
+Reporting never writes a usage event: in that wide table with large indexes,
+marking each reported event (as earlier versions did) rewrote the row and an
+entry in every index, and was most of a run's time.
 
 Sending may use several senders (``--senders``; PostgreSQL): threads with a
-connection each, so the database writes one sent batch's events while the
-next batches go out, and the run claims its next chunk while the senders
-send the last one. They take batches exactly as two runs would: each batch
-row locked (``FOR UPDATE SKIP LOCKED``) by the sender that has it, each
-customer and meter by an advisory lock.
+connection each, so one batch's request is in flight while the next goes
+out, and the run claims its next chunk while the senders send the last one.
+They take batches exactly as two runs would: each batch row locked (``FOR
+UPDATE SKIP LOCKED``) by the sender that has it, each customer and meter by
+an advisory lock.
 
 Memory is bounded by the batch size: events are claimed chunk by chunk, and
 only counters outlive a chunk (on PostgreSQL the events never leave the
@@ -75,8 +70,9 @@ from sqlalchemy.orm import Session
 
 from portal.billing.gateway import Delivery, DeliveryStatus, MeterEvent, MeterEventGateway
 from portal.billing.settings import DEFAULT_METER_EVENT_NAME
-from portal.models import UsageReportBatch, UsageReportRun, UTCDateTime
+from portal.models import UsageReportBatch, UsageReportRun, UsageReportSkip, UTCDateTime
 from portal.plans import PLANS, QUOTA_EVENT_TYPES
+from portal.usage.recording import ENQUEUE
 
 STRIPE_MAX_EVENT_AGE = timedelta(days=35)
 """Stripe refuses meter events whose timestamp is older than this."""
@@ -110,7 +106,7 @@ _CUSTOMER_LOCK_NAMESPACE = 0x5553_4147  # "USAG"
 
 
 class SkipReason(enum.StrEnum):
-    """Why an event leaves the backlog without being sent."""
+    """Why an event leaves the backlog without being sent (``usage_report_skips.reason``)."""
 
     NOT_BILLABLE = "not_billable"
     """Its event type does not consume quota (e.g. a refinement)."""
@@ -118,15 +114,12 @@ class SkipReason(enum.StrEnum):
     NO_CUSTOMER = "no_customer"
     """Paid usage whose billing subject has no Stripe customer: nobody to bill."""
     ALREADY_REPORTED = "already_reported"
-    """``stripe_reported_at`` was set by something other than this reporter."""
+    """Reported by other means before this reporter took over (migration 0005 keeps
+    such skips from earlier versions; the reporter no longer makes them)."""
 
 
-def skip_reason(
-    event_type: str, plan_id: str, stripe_customer_id: str | None, already_reported: bool
-) -> SkipReason | None:
+def skip_reason(event_type: str, plan_id: str, stripe_customer_id: str | None) -> SkipReason | None:
     """Why this usage is not sent to Stripe, or ``None`` when it is billable."""
-    if already_reported:
-        return SkipReason.ALREADY_REPORTED
     if event_type not in BILLABLE_EVENT_TYPES:
         return SkipReason.NOT_BILLABLE
     if plan_id not in PAID_PLAN_IDS:
@@ -292,19 +285,56 @@ def mark_batch_sent(session: Session, batch_id: int, now: datetime) -> UsageRepo
         raise BatchNotFailed(
             f"report batch #{batch_id} is {batch.status}; only a failed batch can be marked sent"
         )
-    session.execute(
-        _statements(session.get_bind().dialect.name).report_events,
-        {
-            "batch_id": batch.id,
-            "now": now,
-        },
-    )
     batch.status = "sent"
     batch.sent_at = now
     batch.last_error = f"marked sent by hand at {now:%Y-%m-%d %H:%M} UTC; was: {batch.last_error}"
-    batch.event_ids = None
     session.flush()
     return batch
+
+
+REQUEUE_WINDOW = STRIPE_MAX_EVENT_AGE - timedelta(days=1)
+"""Skipped usage this recent may still reach the meter when put back in the backlog."""
+
+
+def requeue_unbilled(session: Session, now: datetime) -> int:
+    """Put paid usage skipped for lack of a Stripe customer back in the backlog.
+
+    For after the customer was set on the subscription or organization: the
+    next claims send what is still inside Stripe's window (the last
+    ``REQUEUE_WINDOW``), or skip it again if there is still no customer.
+    Returns the number of usage events put back. The caller commits.
+    """
+    dialect = session.get_bind().dialect.name
+    skips = (
+        session.execute(
+            select(UsageReportSkip.id).where(
+                UsageReportSkip.reason == SkipReason.NO_CUSTOMER.value,
+                UsageReportSkip.requeued_at.is_(None),
+                UsageReportSkip.latest_occurred_at >= now - REQUEUE_WINDOW,
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not skips:
+        return 0
+    listed = text(
+        f"{ENQUEUE} SELECT e.id, e.organization_id, e.user_id, e.period_start "
+        f"FROM ({_LISTED_EVENT_IDS[dialect]}) AS listed "
+        "JOIN usage_events AS e ON e.id = listed.event_id "
+        "WHERE listed.owner IN :skip_ids AND e.occurred_at >= :since"
+    ).bindparams(bindparam("skip_ids", expanding=True), bindparam("since", type_=UTCDateTime()))
+    requeued = session.execute(
+        listed,
+        {"skip_ids": list(skips), "since": now - REQUEUE_WINDOW},
+    ).rowcount  # type: ignore[attr-defined]
+    session.execute(
+        update(UsageReportSkip)
+        .where(UsageReportSkip.id.in_(skips))
+        .values(requeued_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(requeued)
 
 
 def report_usage(
@@ -410,6 +440,8 @@ class _Run:
         """Highest batch id this run has looked at: each batch is handled once per run."""
         self.deferred: list[int] = []
         """Batches skipped because another run was sending to the same customer."""
+        self.tried: set[int] = set()
+        """Batches this run sent (or tried to send) to Stripe."""
         self.counts: Counter[str] = Counter()
         self.skipped_reasons: Counter[str] = Counter()
         self.error: str | None = None
@@ -574,45 +606,16 @@ class _Run:
     def _claim_in_sql(self, size: int) -> int:
         """PostgreSQL: the claim is one statement; no event row travels to Python."""
         session = self.session
-        now = self.now()
-        # Lock the chunk first, in a statement of its own (see the module
-        # docstring); the claim statement then starts with a newer snapshot.
-        # Under REPEATABLE READ or SERIALIZABLE it would not: refuse.
-        assert self.statements.lock_claim is not None
-        isolation, locked_ids = session.execute(self.statements.lock_claim, {"limit": size}).one()
-        if isolation != "read committed":
-            session.rollback()
-            raise RuntimeError(
-                f"report-usage claims need READ COMMITTED transactions, not {isolation}: "
-                "each claim must see the batches of the claims before it"
-            )
-        if locked_ids is None:
-            session.commit()
-            return 0  # the backlog is empty
         assert self.statements.claim is not None
-        rows = session.execute(
-            self.statements.claim,
-            {
-                "locked_ids": locked_ids,
-                "now": now,
-                "cutoff": now - STRIPE_MAX_EVENT_AGE + CLAIM_AGE_MARGIN,
-                "event_name": self.options.event_name,
-                "run_id": self.run_id,
-                "prefix": IDENTIFIER_PREFIX,
-                "too_old_reason": TOO_OLD_REASON.format(count="%s", oldest="%s"),
-                "billable_types": sorted(BILLABLE_EVENT_TYPES),
-                "paid_plans": sorted(PAID_PLAN_IDS),
-            },
-        ).all()
+        rows = session.execute(self.statements.claim, self.claim_parameters(size)).all()
         session.commit()
-        claimed = skipped = failed = failed_events = 0
+        claimed = failed = failed_events = 0
         reasons: Counter[str] = Counter()
         for kind, reason, count in rows:
             if kind == "claimed":
                 claimed = int(count)
             elif kind == "skipped":
                 reasons[reason] += int(count)
-                skipped += int(count)
             elif kind == "failed_batches":
                 failed = int(count)
             elif kind == "failed_events":
@@ -621,11 +624,23 @@ class _Run:
         with self.lock:
             self.skipped_reasons.update(reasons)
         self.count(claimed=claimed, failed=failed)
-        self.progress(skipped + failed_events)
-        # Events locked but found in another run's batches left the backlog
-        # too: count them, so the run goes on to the next chunk.
-        locked = str(locked_ids).count(",") + 1
-        return max(claimed, locked)
+        self.progress(sum(reasons.values()) + failed_events)
+        return claimed
+
+    def claim_parameters(self, size: int) -> dict[str, Any]:
+        """The PostgreSQL claim statement's parameters, for a chunk of ``size`` events."""
+        now = self.now()
+        return {
+            "limit": size,
+            "now": now,
+            "cutoff": now - STRIPE_MAX_EVENT_AGE + CLAIM_AGE_MARGIN,
+            "event_name": self.options.event_name,
+            "run_id": self.run_id,
+            "prefix": IDENTIFIER_PREFIX,
+            "too_old_reason": TOO_OLD_REASON.format(count="%s", oldest="%s"),
+            "billable_types": sorted(BILLABLE_EVENT_TYPES),
+            "paid_plans": sorted(PAID_PLAN_IDS),
+        }
 
     def _claim_in_python(self, size: int) -> int:
         """SQLite: read the claim, group it here, and write batches and skips."""
@@ -636,18 +651,20 @@ class _Run:
         # Take the write lock before reading, so the events read are the
         # ones written: no other writer can slip in between.
         session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-        assert statements.fetch_claim is not None
+        assert statements.fetch_claim is not None and statements.dequeue is not None
         rows = statements.fetch_claim(session, size)
         if not rows:
             session.commit()
             return 0
 
         groups: dict[_GroupKey, _Group] = {}
-        skips: dict[SkipReason, list[str]] = {}
-        for event_id, quantity, occurred_at, start, end, event_type, plan_id, reported, cus in rows:
-            reason = skip_reason(event_type, plan_id, cus, bool(reported))
+        skips: dict[SkipReason, _Group] = {}
+        positions = []
+        for position, event_id, quantity, occurred_at, start, end, kind, plan, cus in rows:
+            positions.append(position)
+            reason = skip_reason(kind, plan, cus)
             if reason is not None:
-                skips.setdefault(reason, []).append(event_id)
+                skips.setdefault(reason, _Group()).add(event_id, quantity, occurred_at)
                 continue
             key = (cus, start, end, occurred_at < cutoff)
             group = groups.get(key)
@@ -655,37 +672,37 @@ class _Run:
                 group = groups[key] = _Group()
             group.add(event_id, quantity, occurred_at)
 
-        for reason, ids in skips.items():
-            self._set_events(statements.skip_events, ids, {"reason": reason.value})
-            self.skipped_reasons[reason.value] += len(ids)
-
+        session.execute(statements.dequeue, {"positions": json.dumps(positions)})
+        for reason, group in skips.items():
+            session.add(self._skip_row(reason, group, now))
+            self.skipped_reasons[reason.value] += len(group.ids)
         ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][3]))
-        rows_to_insert = [self._batch_row(key, group, now) for key, group in ordered]
-        batch_ids = (
+        if ordered:
             session.execute(
-                insert(UsageReportBatch).returning(
-                    UsageReportBatch.id, sort_by_parameter_order=True
-                ),
-                rows_to_insert,
+                insert(UsageReportBatch),
+                [self._batch_row(key, group, now) for key, group in ordered],
             )
-            .scalars()
-            .all()
-            if rows_to_insert
-            else []
-        )
-        # A batch failed at once is settled: its events point at it now.
-        # Pending batches list their events in ``event_ids`` instead.
-        for batch_id, (key, group) in zip(batch_ids, ordered, strict=True):
-            if key[3]:
-                self._set_events(statements.batch_events, group.ids, {"batch_id": batch_id})
         session.commit()
 
-        skipped = sum(len(ids) for ids in skips.values())
         too_old = [group for key, group in ordered if key[3]]
         self.counts["claimed"] += len(rows)
         self.counts["failed"] += len(too_old)
+        skipped = sum(len(group.ids) for group in skips.values())
         self.progress(skipped + sum(len(group.ids) for group in too_old))
         return len(rows)
+
+    def _skip_row(self, reason: SkipReason, group: _Group, now: datetime) -> UsageReportSkip:
+        assert group.latest is not None and group.oldest is not None
+        return UsageReportSkip(
+            reason=reason.value,
+            run_id=self.run_id,
+            created_at=now,
+            event_count=len(group.ids),
+            value=group.value,
+            oldest_occurred_at=group.oldest,
+            latest_occurred_at=group.latest,
+            event_ids=group.ids,
+        )
 
     def _batch_row(self, key: _GroupKey, group: _Group, now: datetime) -> dict[str, Any]:
         customer, start, end, too_old = key
@@ -718,18 +735,8 @@ class _Run:
                 last_error=TOO_OLD_REASON.format(
                     count=len(group.ids), oldest=f"{group.oldest.astimezone(UTC):%Y-%m-%d %H:%M}"
                 ),
-                event_ids=None,
             )
         return row
-
-    def _set_events(self, statement: Any, ids: Sequence[str], values: dict[str, Any]) -> None:
-        result = self.session.execute(statement, {**values, "ids": self.statements.ids(ids)})
-        # The database is locked (SQLite's one writer): every claimed row must
-        # change, or the claim is wrong and rolls back.
-        if result.rowcount != len(ids):  # type: ignore[attr-defined]
-            raise RuntimeError(
-                f"claimed {len(ids)} usage events but updated {result.rowcount}"  # type: ignore[attr-defined]
-            )
 
     # -- sending ---------------------------------------------------------
 
@@ -792,16 +799,35 @@ class _Run:
             raise
 
     def send_deferred(self) -> None:
-        """Send the batches put aside while another sender was busy with their customer."""
+        """Send what this run put aside, and its own batches another run let go.
+
+        Put aside: batches whose customer another sender was busy with.
+        Let go: a batch this run claimed that another run's sender held when
+        this run's senders came to it, and then put aside itself (its
+        customer busy). Left alone, this run would end with it pending.
+        Batches this run already tried are not tried again.
+        """
         session = self.session
-        for batch_id in self.deferred:
+        own = session.scalars(
+            select(UsageReportBatch.id).where(
+                UsageReportBatch.status == "pending",
+                UsageReportBatch.created_run_id == self.run_id,
+            )
+        ).all()
+        session.rollback()
+        with self.lock:
+            tried = set(self.tried)
+        left = [batch_id for batch_id in own if batch_id not in tried]
+        for batch_id in dict.fromkeys([*self.deferred, *left]):
             if self.error is not None or self.remaining() <= 0:
                 return
+            # Wait for a sender that holds the batch right now: it sends it
+            # (then it is no longer pending), or lets it go to this run.
             batch = self._lock_next_batch(
-                session, UsageReportBatch.id == batch_id, skip_locked=True
+                session, UsageReportBatch.id == batch_id, skip_locked=False
             )
             if batch is None:
-                session.rollback()  # sent meanwhile, or being sent right now
+                session.rollback()  # sent meanwhile
                 continue
             self._handle(session, batch, wait_for_customer=True)
 
@@ -921,6 +947,8 @@ class _Run:
     ) -> None:
         """Write down what Stripe answered, and commit (which releases the batch's locks)."""
         now = self.now()
+        with self.lock:
+            self.tried.add(batch.id)
         batch.attempts += attempts
         batch.last_attempt_at = now
         batch.last_run_id = self.run_id
@@ -929,10 +957,7 @@ class _Run:
             batch.stripe_request_id = delivery.request_id
         status = delivery.status
         if status in (DeliveryStatus.ACCEPTED, DeliveryStatus.DUPLICATE):
-            # Before event_ids is cleared: the statement reads the events from it.
-            reported = session.execute(
-                self.statements.report_events, {"batch_id": batch.id, "now": now}
-            ).rowcount  # type: ignore[attr-defined]
+            reported = batch.event_count  # they are reported with it
             batch.status = "sent"
             batch.sent_at = now
             batch.last_error = (
@@ -940,7 +965,6 @@ class _Run:
                 if status is DeliveryStatus.ACCEPTED
                 else f"delivered by an earlier attempt: {delivery.describe()}"
             )
-            batch.event_ids = None
             self.count(batches_sent=1, events_reported=reported, value_sent=batch.value)
             self.progress(reported)
         elif status is DeliveryStatus.REJECTED:
@@ -958,10 +982,7 @@ class _Run:
         session.commit()
 
     def _fail(self, session: Session, batch: UsageReportBatch, reason: str, now: datetime) -> None:
-        # The events leave the backlog with their batch: they point at it now,
-        # and stay unreported until the batch is recovered.
-        session.execute(self.statements.fail_events, {"batch_id": batch.id})
-        batch.event_ids = None
+        # Its events stay with it, unreported, until the batch is recovered.
         batch.status = "failed"
         batch.failed_at = now
         batch.last_error = reason
@@ -972,101 +993,82 @@ class _Run:
 
 @dataclass(frozen=True)
 class _Statements:
-    """The reporter's SQL for one dialect."""
+    """The reporter's claim SQL for one dialect."""
 
-    lock_claim: Any | None
-    """PostgreSQL: lock a chunk of the backlog; gives the isolation level and the ids."""
     claim: Any | None
     """PostgreSQL: the whole claim, returning (kind, reason, count) rows to count."""
     fetch_claim: Callable[[Session, int], Sequence[Any]] | None
-    """SQLite: returns up to ``limit`` claimable events with what classifying them needs."""
-    skip_events: Any
-    batch_events: Any
-    report_events: Any
-    """Writes a sent batch's events once: its link, ``batched``, ``stripe_reported_at``."""
-    fail_events: Any
-    """Links a failing batch's listed events to it, unreported."""
-    ids: Callable[[Sequence[str]], str]
-    """Encodes event ids for the ``:ids`` parameter: one string, whatever their number."""
+    """SQLite: up to ``limit`` backlog rows (position first) with what classifying them needs."""
+    dequeue: Any | None
+    """SQLite: deletes the backlog rows at ``:positions`` (a JSON array of rowids)."""
 
 
-_OPEN_BATCH_EVENT_IDS = {
-    # The events listed by pending batches: claimed, not yet written.
-    "postgresql": (
-        "SELECT CAST(j.value AS uuid) FROM usage_report_batches AS b, "
-        "json_array_elements_text(b.event_ids) AS j "
-        "WHERE b.status = 'pending' AND b.event_ids IS NOT NULL"
-    ),
-    "sqlite": (
-        "SELECT j.value FROM usage_report_batches AS b, json_each(b.event_ids) AS j "
-        "WHERE b.status = 'pending' AND b.event_ids IS NOT NULL"
-    ),
-}
-_BATCH_EVENT_IDS = {
-    # The events one batch lists (none once it is settled).
-    "postgresql": (
-        "SELECT CAST(j.value AS uuid) FROM usage_report_batches AS b, "
-        "json_array_elements_text(b.event_ids) AS j WHERE b.id = :batch_id"
-    ),
-    "sqlite": (
-        "SELECT j.value FROM usage_report_batches AS b, json_each(b.event_ids) AS j "
-        "WHERE b.id = :batch_id"
-    ),
+def listed_event_ids(dialect: str, table: str) -> str:
+    """SQL for (``event_id``, ``owner``): every usage event listed by a row of ``table``.
+
+    ``table`` is ``usage_report_batches`` or ``usage_report_skips``; ``owner``
+    is the listing row's id. Ids come out as the usage events spell theirs.
+    """
+    if dialect == "postgresql":
+        return (
+            f"SELECT CAST(j.value AS uuid) AS event_id, t.id AS owner FROM {table} AS t, "
+            "json_array_elements_text(t.event_ids) AS j"
+        )
+    return (
+        f"SELECT j.value AS event_id, t.id AS owner FROM {table} AS t, json_each(t.event_ids) AS j"
+    )
+
+
+_LISTED_EVENT_IDS = {
+    dialect: listed_event_ids(dialect, "usage_report_skips") for dialect in ("postgresql", "sqlite")
 }
 
-
-def unclaimed_backlog_condition(dialect: str) -> str:
-    """SQL for "this pending usage event is in no pending batch": the backlog proper."""
-    return f"report_status = 'pending' AND id NOT IN ({_OPEN_BATCH_EVENT_IDS[dialect]})"
-
-
-_CLAIM_SQL = """
-    SELECT {event_id}, c.quantity, c.occurred_at, c.period_start, c.period_end, c.event_type,
-        c.plan_id, c.stripe_reported_at IS NOT NULL AS already_reported,
-        CASE WHEN c.organization_id IS NULL THEN s.stripe_customer_id
+_SQLITE_CLAIM_SQL = """
+    SELECT q.rowid, e.id, e.quantity, e.occurred_at, e.period_start, e.period_end, e.event_type,
+        e.plan_id,
+        CASE WHEN e.organization_id IS NULL THEN s.stripe_customer_id
             ELSE o.stripe_customer_id END AS customer
     FROM (
-        SELECT id, organization_id, user_id, quantity, occurred_at, period_start, period_end,
-            event_type, plan_id, stripe_reported_at
-        FROM usage_events
-        WHERE {backlog}
+        SELECT rowid, event_id FROM usage_report_backlog
         ORDER BY organization_id, user_id, period_start
-        LIMIT {limit}
-    ) AS c
-    LEFT JOIN user_subscriptions AS s ON c.organization_id IS NULL AND s.user_id = c.user_id
-    LEFT JOIN organizations AS o ON o.id = c.organization_id
+        LIMIT :limit
+    ) AS q
+    JOIN usage_events AS e ON e.id = q.event_id
+    LEFT JOIN user_subscriptions AS s ON e.organization_id IS NULL AND s.user_id = e.user_id
+    LEFT JOIN organizations AS o ON o.id = e.organization_id
 """
 
-# The PostgreSQL claim in one statement: pick the events (in the backlog
-# index's order, so each customer's usage lands in few, large batches),
-# classify them as skip_reason() does, skip the unbillable, group the rest as
-# the SQLite path does and write one batch per group with its events' ids,
-# and link events too old to send to their batch, failed at once.
-# meter_timestamp is meter_timestamp()'s rule. Nothing per event comes back.
-_PG_LOCK_CLAIM_SQL = """
-SELECT current_setting('transaction_isolation'), '{{' || string_agg(CAST(id AS text), ',') || '}}'
-FROM (
-    SELECT id FROM usage_events
-    WHERE {backlog}
+# The PostgreSQL claim in one statement: lock a chunk of the backlog (in its
+# index's order, so each customer's usage lands in few, large batches) and
+# delete it, classify its events as skip_reason() does, write the
+# unbillable ones as skips and group the rest as the SQLite path does, into
+# one batch per group with its events' ids; groups too old to send are
+# failed at once. meter_timestamp is meter_timestamp()'s rule. Nothing per
+# event comes back. A chunk another claim has locked is skipped; one it has
+# deleted and committed is gone: each backlog row is taken once.
+_PG_CLAIM_SQL = """
+WITH locked AS (
+    SELECT ctid AS position FROM usage_report_backlog
     ORDER BY organization_id, user_id, period_start
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
-) AS locked
-"""
-
-_PG_CLAIM_SQL = """
-WITH picked AS (
-    -- One primary-key lookup per locked id. Given "id = ANY(:locked_ids)" or a
-    -- join, the planner scans the whole table once thousands of ids come in
-    -- (most of a claim's time on a large backlog); OFFSET 0 keeps the lateral
+),
+taken AS (
+    DELETE FROM usage_report_backlog
+    WHERE ctid = ANY(ARRAY(SELECT position FROM locked))
+    RETURNING event_id
+),
+picked AS (
+    -- One primary-key lookup per event. Given a join, the planner scans the
+    -- whole table once thousands of ids come in; OFFSET 0 keeps the lateral
     -- lookup from being turned into such a join.
     SELECT e.*
-    FROM unnest(CAST(:locked_ids AS uuid[])) AS locked (locked_id),
+    FROM taken,
     LATERAL (
         SELECT id, organization_id, user_id, quantity, occurred_at, period_start, period_end,
-            event_type, plan_id, stripe_reported_at
+            event_type, plan_id
         FROM usage_events
-        WHERE id = locked.locked_id AND {backlog}
+        WHERE id = taken.event_id
         OFFSET 0
     ) AS e
 ),
@@ -1081,18 +1083,21 @@ classified AS (
     SELECT id, quantity, occurred_at, period_start, period_end, customer,
         occurred_at < :cutoff AS too_old,
         CASE
-            WHEN stripe_reported_at IS NOT NULL THEN 'already_reported'
             WHEN event_type <> ALL(CAST(:billable_types AS text[])) THEN 'not_billable'
             WHEN plan_id <> ALL(CAST(:paid_plans AS text[])) THEN 'free_plan'
             WHEN COALESCE(customer, '') = '' THEN 'no_customer'
         END AS skip_reason
     FROM customers
 ),
-skipped AS (
-    UPDATE usage_events AS e SET report_status = 'skipped', report_skip_reason = c.skip_reason
-    FROM classified AS c
-    WHERE e.id = c.id AND c.skip_reason IS NOT NULL
-    RETURNING c.skip_reason
+skips AS (
+    INSERT INTO usage_report_skips (reason, run_id, created_at, event_count, value,
+        oldest_occurred_at, latest_occurred_at, event_ids)
+    SELECT skip_reason, :run_id, :now, COUNT(*), SUM(quantity), MIN(occurred_at),
+        MAX(occurred_at), json_agg(id)
+    FROM classified
+    WHERE skip_reason IS NOT NULL
+    GROUP BY skip_reason
+    RETURNING reason, event_count
 ),
 grouped AS (
     SELECT customer, period_start, period_end, too_old, SUM(quantity) AS value,
@@ -1120,99 +1125,48 @@ batches AS (
         CASE WHEN too_old THEN CAST(:now AS timestamptz) END,
         CASE WHEN too_old THEN format(:too_old_reason, event_count,
             to_char(oldest AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')) END,
-        CASE WHEN too_old THEN NULL ELSE event_ids END
+        event_ids
     FROM grouped
     ORDER BY customer, period_start, too_old
-    RETURNING id, status, stripe_customer_id, period_start, period_end
-),
-failed_events AS (
-    UPDATE usage_events AS e SET report_status = 'batched', report_batch_id = b.id
-    FROM classified AS c
-    JOIN batches AS b ON b.status = 'failed' AND b.stripe_customer_id = c.customer
-        AND b.period_start = c.period_start AND b.period_end = c.period_end
-    WHERE e.id = c.id AND c.skip_reason IS NULL AND c.too_old
-    RETURNING e.id
+    RETURNING status, event_count
 )
-SELECT 'claimed', NULL, (SELECT COUNT(*) FROM picked)
-UNION ALL SELECT 'skipped', skip_reason, COUNT(*) FROM skipped GROUP BY skip_reason
+SELECT 'claimed', NULL, (SELECT COUNT(*) FROM taken)
+UNION ALL SELECT 'skipped', reason, event_count FROM skips
 UNION ALL SELECT 'failed_batches', NULL, COUNT(*) FROM batches WHERE status = 'failed'
-UNION ALL SELECT 'failed_events', NULL, COUNT(*) FROM failed_events
+UNION ALL SELECT 'failed_events', NULL, COALESCE(SUM(event_count), 0) FROM batches
+    WHERE status = 'failed'
 """
 
 
 @functools.cache
 def _statements(dialect: str) -> _Statements:
     """The reporter's statements for one SQL dialect, built once."""
-    if dialect not in ("postgresql", "sqlite"):
+    if dialect == "postgresql":
+        claim = text(_PG_CLAIM_SQL).columns(kind=String(), reason=String(), count=Integer())
+        return _Statements(claim, None, None)
+    if dialect != "sqlite":
         raise NotImplementedError(f"reporting usage is not supported on {dialect}")
     when = UTCDateTime()
-    backlog = unclaimed_backlog_condition(dialect)
-    if dialect == "postgresql":
-        lock_claim: Any = text(_PG_LOCK_CLAIM_SQL.format(backlog=backlog))
-        claim: Any = text(_PG_CLAIM_SQL.format(backlog=backlog)).columns(
-            kind=String(), reason=String(), count=Integer()
-        )
-
-        fetch_claim = None
-        # An array literal of canonical UUID text: one parameter, no per-id encoding.
-        in_ids = "id = ANY(CAST(:ids AS uuid[]))"
-        batch_ids = f"id = ANY(ARRAY({_BATCH_EVENT_IDS[dialect]}))"
-
-        def encode(ids: Sequence[str]) -> str:
-            return "{" + ",".join(ids) + "}"
-    else:
-        lock_claim = claim = None
-        fetch = text(_CLAIM_SQL.format(event_id="c.id", limit=":limit", backlog=backlog)).columns(
-            id=String(),  # the Uuid type's storage on SQLite: 32 hex digits
-            quantity=Integer(),
-            occurred_at=when,
-            period_start=when,
-            period_end=when,
-            event_type=String(),
-            plan_id=String(),
-            already_reported=Integer(),
-            customer=String(),
-        )
-
-        def fetch_claim(session: Session, limit: int) -> Sequence[Any]:
-            return session.execute(fetch, {"limit": limit}).all()
-
-        # One JSON parameter instead of thousands of placeholders.
-        in_ids = "id IN (SELECT value FROM json_each(:ids))"
-        batch_ids = f"id IN ({_BATCH_EVENT_IDS[dialect]})"
-
-        def encode(ids: Sequence[str]) -> str:
-            return json.dumps(list(ids))
-
-    skip_events = text(
-        "UPDATE usage_events SET report_status = 'skipped', report_skip_reason = :reason "
-        f"WHERE {in_ids} AND report_status = 'pending'"
+    fetch = text(_SQLITE_CLAIM_SQL).columns(
+        rowid=Integer(),
+        id=String(),  # the Uuid type's storage on SQLite: 32 hex digits
+        quantity=Integer(),
+        occurred_at=when,
+        period_start=when,
+        period_end=when,
+        event_type=String(),
+        plan_id=String(),
+        customer=String(),
     )
-    batch_events = text(
-        "UPDATE usage_events SET report_status = 'batched', report_batch_id = :batch_id "
-        f"WHERE {in_ids} AND report_status = 'pending'"
+
+    def fetch_claim(session: Session, limit: int) -> Sequence[Any]:
+        return session.execute(fetch, {"limit": limit}).all()
+
+    # One JSON parameter instead of thousands of placeholders.
+    dequeue = text(
+        "DELETE FROM usage_report_backlog WHERE rowid IN (SELECT value FROM json_each(:positions))"
     )
-    # The one write of a reported event. A batch lists its events until it is
-    # settled; one recovered from failure has them pointing at it already.
-    report_events = text(
-        "UPDATE usage_events SET report_status = 'batched', report_batch_id = :batch_id, "
-        "stripe_reported_at = :now "
-        f"WHERE stripe_reported_at IS NULL AND ({batch_ids} OR report_batch_id = :batch_id)"
-    ).bindparams(bindparam("now", type_=when))
-    fail_events = text(
-        "UPDATE usage_events SET report_status = 'batched', report_batch_id = :batch_id "
-        f"WHERE {batch_ids} AND report_status = 'pending'"
-    )
-    return _Statements(
-        lock_claim,
-        claim,
-        fetch_claim,
-        skip_events,
-        batch_events,
-        report_events,
-        fail_events,
-        encode,
-    )
+    return _Statements(None, fetch_claim, dequeue)
 
 
 __all__ = [
@@ -1224,6 +1178,6 @@ __all__ = [
     "meter_timestamp",
     "report_usage",
     "requeue_failed_batches",
+    "requeue_unbilled",
     "skip_reason",
-    "unclaimed_backlog_condition",
 ]

@@ -6,15 +6,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.orm import Session
 
-from portal.billing.reporter import (
-    STRIPE_MAX_EVENT_AGE,
-    SkipReason,
-    unclaimed_backlog_condition,
+from portal.billing.reporter import STRIPE_MAX_EVENT_AGE, SkipReason, listed_event_ids
+from portal.models import (
+    UsageEvent,
+    UsageReportBatch,
+    UsageReportRun,
+    UTCDateTime,
+    usage_report_backlog,
 )
-from portal.models import UsageEvent, UsageReportBatch, UsageReportRun
 
 DEFAULT_FAILED_SHOWN = 50
 
@@ -125,10 +127,10 @@ def reporting_status(
     session: Session, now: datetime, *, failed_shown: int = DEFAULT_FAILED_SHOWN
 ) -> ReportingStatus:
     """Backlog, outbox, failed batches and the last runs, in a handful of small queries."""
-    # Events a pending batch lists are claimed: the outbox counts them, not the backlog.
-    backlog = unclaimed_backlog_condition(session.get_bind().dialect.name)
     pending_events, oldest_pending_at = session.execute(
-        select(func.count(), func.min(UsageEvent.recorded_at)).where(text(backlog))
+        select(func.count(), func.min(UsageEvent.recorded_at)).join_from(
+            usage_report_backlog, UsageEvent, UsageEvent.id == usage_report_backlog.c.event_id
+        )
     ).one()
     pending_batches, pending_batch_events, oldest_batch = session.execute(
         select(
@@ -148,14 +150,18 @@ def reporting_status(
         .order_by(UsageReportBatch.id.desc())
         .limit(failed_shown)
     ).all()
+    # A skip is written after its events occurred: only recent skips can hold recent usage.
+    listed = listed_event_ids(session.get_bind().dialect.name, "usage_report_skips")
     unbilled = session.scalar(
-        select(func.count())
-        .select_from(UsageEvent)
-        .where(
+        text(
+            f"SELECT COUNT(*) FROM ({listed}) AS listed "
+            "JOIN usage_events AS e ON e.id = listed.event_id "
+            "WHERE listed.owner IN (SELECT id FROM usage_report_skips "
             # Spelled as in the partial index's predicate, so the index serves it.
-            text(f"report_skip_reason = '{SkipReason.NO_CUSTOMER.value}'"),
-            UsageEvent.occurred_at >= now - STRIPE_MAX_EVENT_AGE,
-        )
+            f"WHERE reason = '{SkipReason.NO_CUSTOMER.value}' AND requeued_at IS NULL "
+            "AND created_at >= :since) AND e.occurred_at >= :since"
+        ).bindparams(bindparam("since", type_=UTCDateTime())),
+        {"since": now - STRIPE_MAX_EVENT_AGE},
     )
     last_ok = session.scalars(
         select(UsageReportRun)

@@ -32,7 +32,7 @@ from portal.models import UsageEvent
 from portal.periods import BillingPeriod
 from portal.plans import EVENT_TYPES
 from portal.precompiled import execute_on_driver
-from portal.usage.recording import UsageRequest, recording_statements
+from portal.usage.recording import ENQUEUE, UsageRequest, recording_statements
 from portal.usage.subjects import (
     EffectivePlan,
     SubjectKind,
@@ -117,6 +117,7 @@ def record_usage_batch(
     refused_ids = {p.event_id for p in refused}
     counted = [p for p in fresh if p.event_id not in refused_ids]
     _add_to_member_shares(connection, [p for p in counted if EVENT_TYPES[p.request.event_type]])
+    _enqueue(connection, counted)
     for p in fresh:
         if p.event_id in refused_ids:
             results[p.index] = BatchItemResult(BatchResult.LIMIT_REACHED)
@@ -212,6 +213,34 @@ def _json_value(value: object) -> str:
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"cannot send {type(value).__name__} as JSON")
+
+
+# The recorded events go into the reporter's backlog, also as one JSON parameter.
+_ENQUEUE_FROM_JSON = f"""
+    {ENQUEUE} SELECT id, organization_id, user_id, period_start
+    FROM json_to_recordset(%(rows)s::json) AS r(
+        id uuid, organization_id integer, user_id integer, period_start timestamptz)
+"""
+
+
+def _enqueue(connection: Any, recorded: list[_Pending]) -> None:
+    """Put the recorded events in the reporter's backlog (``usage_report_backlog``)."""
+    if not recorded:
+        return
+    rows = [
+        {
+            "id": p.event_id,
+            "organization_id": _pool_id(p.effective),
+            "user_id": p.effective.user_id,
+            "period_start": p.period.start,
+        }
+        for p in recorded
+    ]
+    if connection.dialect.name == "postgresql":
+        payload = json.dumps(rows, default=_json_value)
+        execute_on_driver(connection, _ENQUEUE_FROM_JSON, {"rows": payload})
+    else:
+        connection.execute(recording_statements(connection.dialect.name).enqueue_event, rows)
 
 
 def _settle_existing_keys(

@@ -345,7 +345,9 @@ def _write_step_by_step(
     event_values = {name: values[name] for name in EVENT_COLUMNS}
     if connection.execute(statements.insert_event, event_values).scalar_one_or_none() is None:
         return _Written(False, None, None)
+    queue_values = {name: values[name] for name in BACKLOG_COLUMNS}
     if not counts:
+        connection.execute(statements.enqueue_event, queue_values)
         return _Written(True, None, None)
     capped = effective.plan.is_hard_capped
     if capped and values["quantity"] > values["included"]:
@@ -363,6 +365,8 @@ def _write_step_by_step(
             "updated_at": values["recorded_at"],
         },
     ).scalar_one_or_none()
+    if used is not None:
+        connection.execute(statements.enqueue_event, queue_values)  # admitted: billable
     if used is None or kind is not SubjectKind.ORGANIZATION:
         return _Written(True, used, None)
     member_used = connection.execute(
@@ -410,6 +414,11 @@ def _write_in_one_statement(
     return _Written(event_id is not None, used, member_used, plan_in_force, key_live)
 
 
+BACKLOG_COLUMNS = ("id", "organization_id", "user_id", "period_start")
+"""What the reporter's backlog (``usage_report_backlog``) keeps of a recorded event."""
+ENQUEUE = "INSERT INTO usage_report_backlog (event_id, organization_id, user_id, period_start)"
+"""Puts recorded events in the reporter's backlog: every event, once it is in."""
+
 EVENT_COLUMNS = (
     "id",
     "user_id",
@@ -434,12 +443,13 @@ def _one_statement_sql(
 
     ``total`` only adds when ``event`` inserted (a repeated key counts
     nothing); ``share`` only when ``total`` added (a refused usage counts
-    nowhere). Locks come in the same order as everywhere else: key, total,
-    share. With ``guard_lookup`` (``"id"`` or ``"email"``), ``event`` only
-    inserts while the resolution query still returns the row the caller
-    planned with (``resolution_guard_sql``); the first column says whether
-    it did. With ``key_guard``, only while the API key ``api_key_id`` is
-    live; the second column says whether it was.
+    nowhere); ``queued`` puts the event in the reporter's backlog once it
+    is in (and, if it counts, admitted). Locks come in the same order as
+    everywhere else: key, total, share. With ``guard_lookup`` (``"id"`` or
+    ``"email"``), ``event`` only inserts while the resolution query still
+    returns the row the caller planned with (``resolution_guard_sql``); the
+    first column says whether it did. With ``key_guard``, only while the API
+    key ``api_key_id`` is live; the second column says whether it was.
     """
     column = "organization_id" if kind is SubjectKind.ORGANIZATION else "user_id"
     columns = ", ".join(EVENT_COLUMNS)
@@ -500,6 +510,11 @@ def _one_statement_sql(
         )"""
             )
             selected[4] = "(SELECT used FROM share)"
+    admitted = "event, total" if counts else "event"
+    parts.append(
+        f"queued AS ({ENQUEUE} SELECT event.id, %(organization_id)s, %(user_id)s, "
+        f"%(period_start)s FROM {admitted})"
+    )
     return f"WITH {', '.join(parts)} SELECT {', '.join(selected)}"
 
 
@@ -523,6 +538,7 @@ class RecordingStatements:
     """Member increments without a result, for ``executemany``."""
     delete_event: Any
     live_api_key: Any
+    enqueue_event: Any
 
 
 def _total_sql(column: str, *, increment: str, guard: str, returning: bool) -> str:
@@ -627,6 +643,9 @@ def recording_statements(dialect: str) -> RecordingStatements:
         bindparam("event_ids", type_=Uuid(), expanding=True)
     )
     live_api_key = text(LIVE_API_KEY_SQL.format(api_key_id=":api_key_id"))
+    enqueue_event = timed(
+        f"{ENQUEUE} VALUES (:id, :organization_id, :user_id, :period_start)", "period_start"
+    ).bindparams(bindparam("id", type_=Uuid()))
     return RecordingStatements(
         insert_event,
         add_to_total,
@@ -636,6 +655,7 @@ def recording_statements(dialect: str) -> RecordingStatements:
         add_to_member_shares,
         delete_event,
         live_api_key,
+        enqueue_event,
     )
 
 

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.billing.gateway import MeterEventGateway
 from portal.billing.reporter import ReportOptions, ReportSummary, report_usage
-from portal.models import Organization, UsageEvent, UsageReportBatch, User
+from portal.models import (
+    Organization,
+    UsageEvent,
+    UsageReportBatch,
+    UsageReportSkip,
+    User,
+    usage_report_backlog,
+)
 from portal.usage import record_usage
 from tests.factories import T0
 from tests.stripe_standin import StripeStandIn
@@ -95,6 +103,46 @@ class Usage:
             self.expected[billed_to] += quantity
 
 
+def report_states(session: Session) -> dict[uuid.UUID, str]:
+    """Where each usage event stands, read from where the reporter keeps it.
+
+    ``pending`` (in the backlog), ``claimed`` (in a pending batch),
+    ``reported`` (in a sent batch), ``failed`` (in a failed batch) or
+    ``skipped:<reason>``. Fails if an event is in two places, or in none.
+    """
+    session.expire_all()
+    states: dict[uuid.UUID, str] = {}
+
+    def put(event_id: object, state: str) -> None:
+        key = uuid.UUID(str(event_id))
+        assert key not in states, f"event {key} is {states[key]} and {state} at once"
+        states[key] = state
+
+    for event_id in session.scalars(select(usage_report_backlog.c.event_id)):
+        put(event_id, "pending")
+    batch_state = {"pending": "claimed", "sent": "reported", "failed": "failed"}
+    for status, event_ids in session.execute(
+        select(UsageReportBatch.status, UsageReportBatch.event_ids)
+    ):
+        for event_id in event_ids:
+            put(event_id, batch_state[status])
+    for reason, event_ids in session.execute(
+        select(UsageReportSkip.reason, UsageReportSkip.event_ids).where(
+            UsageReportSkip.requeued_at.is_(None)
+        )
+    ):
+        for event_id in event_ids:
+            put(event_id, f"skipped:{reason}")
+    recorded = set(session.scalars(select(UsageEvent.id)))
+    assert set(states) == recorded, f"events nowhere: {recorded - set(states)}"
+    return states
+
+
+def events_by_state(session: Session) -> dict[str, int]:
+    """How many usage events stand where (``report_states``), skips counted together."""
+    return dict(Counter(state.partition(":")[0] for state in report_states(session).values()))
+
+
 def assert_exactly_once(session: Session, standin: StripeStandIn, expected: Counter[str]) -> None:
     """Stripe holds exactly the billable usage, each event counted in exactly one sent batch."""
     session.expire_all()
@@ -107,23 +155,12 @@ def assert_exactly_once(session: Session, standin: StripeStandIn, expected: Coun
         batch = next(b for b in sent.values() if b.identifier == event.identifier)
         assert (event.stripe_customer_id, event.value) == (batch.stripe_customer_id, batch.value)
         assert batch.period_start.timestamp() <= event.timestamp < batch.period_end.timestamp()
-    # Every billable event is reported, through exactly one sent batch whose sum includes it.
-    billable = session.scalars(
-        select(UsageEvent).where(UsageEvent.report_batch_id.is_not(None))
-    ).all()
-    assert all(e.report_status == "batched" and e.stripe_reported_at for e in billable)
-    assert all(e.report_batch_id in sent for e in billable)
-    per_batch = Counter[int]()
-    for event in billable:
-        assert event.report_batch_id is not None
-        per_batch[event.report_batch_id] += event.quantity
-    assert per_batch == Counter({b.id: b.value for b in sent.values()})
-    unsettled = session.scalar(
-        select(func.count())
-        .select_from(UsageEvent)
-        .where(
-            (UsageEvent.report_status == "pending")
-            | ((UsageEvent.report_status == "batched") & UsageEvent.stripe_reported_at.is_(None))
-        )
-    )
-    assert unsettled == 0
+    # Every event is in one place (report_states checks it); none is left
+    # unsettled; each sent batch's value is the sum of the events it lists.
+    states = report_states(session)
+    assert not {state for state in states.values() if state in ("pending", "claimed", "failed")}
+    quantities = {event.id: event.quantity for event in session.scalars(select(UsageEvent))}
+    for batch in sent.values():
+        listed = [uuid.UUID(str(event_id)) for event_id in batch.event_ids]
+        assert len(listed) == batch.event_count
+        assert sum(quantities[event_id] for event_id in listed) == batch.value

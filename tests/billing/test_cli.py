@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -12,8 +14,14 @@ from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from portal.models import UsageEvent, UsageReportBatch, UsageReportRun
-from tests.billing.helpers import API_KEY, Usage, assert_exactly_once, customer_of
+from portal.models import UsageReportBatch, UsageReportRun
+from tests.billing.helpers import (
+    API_KEY,
+    Usage,
+    assert_exactly_once,
+    customer_of,
+    report_states,
+)
 from tests.factories import make_org, make_user
 from tests.stripe_standin import StripeStandIn
 
@@ -73,8 +81,7 @@ def test_configuration_errors_exit_2_naming_the_variable_and_touch_nothing(
     assert "pk_test_0123456789abcdef" not in result.output  # keys are never echoed
     session.expire_all()
     assert session.scalar(select(func.count()).select_from(UsageReportRun)) == 0
-    statuses = set(session.scalars(select(UsageEvent.report_status)).all())
-    assert statuses == {"pending"}
+    assert set(report_states(session).values()) == {"pending"}
 
 
 def test_report_usage_prints_one_summary_line_for_the_cron_log(
@@ -133,7 +140,7 @@ def test_dry_run_lists_the_meter_events_and_changes_nothing(
     assert preview["skipped"] == {"free_plan": 1}
     assert real_standin.requests == []
     session.expire_all()
-    assert set(session.scalars(select(UsageEvent.report_status)).all()) == {"pending"}
+    assert set(report_states(session).values()) == {"pending"}
     assert session.scalar(select(func.count()).select_from(UsageReportBatch)) == 0
     assert session.scalar(select(func.count()).select_from(UsageReportRun)) == 0
 
@@ -203,14 +210,44 @@ def test_mark_sent_settles_a_failed_batch_without_calling_stripe(
     session.expire_all()
     assert failed.status == "sent" and failed.last_error
     assert failed.last_error.startswith("marked sent by hand")
-    unreported = session.scalar(
-        select(func.count()).where(
-            UsageEvent.report_batch_id == failed.id, UsageEvent.stripe_reported_at.is_(None)
-        )
-    )
-    assert unreported == 0
+    states = report_states(session)
+    assert {states[uuid.UUID(str(event_id))] for event_id in failed.event_ids} == {"reported"}
     assert "Failed: none." in invoke(app, None, "usage-status").output
 
     again = invoke(app, None, "report-usage", "--mark-sent", str(failed.id))
     assert again.exit_code == 1
     assert "only a failed batch" in again.output
+
+
+def test_unbilled_usage_shows_in_usage_status_and_is_billed_once_the_customer_is_set(
+    app: Flask, session: Session, real_standin: StripeStandIn
+) -> None:
+    anchor = REAL_NOW - timedelta(days=3)
+    team = make_org(session, anchor=anchor, customer=None)
+    member = make_user(session, org=team, anchor=anchor)
+    session.commit()
+    usage = Usage(session, REAL_NOW)
+    usage.record(member, 2)
+    usage.record(member, 5)
+
+    assert invoke(app, real_standin, "report-usage").exit_code == 0
+    assert real_standin.requests == []
+    assert set(report_states(session).values()) == {"skipped:no_customer"}
+    status = json.loads(invoke(app, None, "usage-status", "--json").output)
+    assert status["unbilled_no_customer"] == 2
+    assert "Unbilled: 2 paid usage events" in invoke(app, None, "usage-status").output
+
+    # The customer is set, then the skipped usage goes back and out.
+    team.stripe_customer_id = "cus_found_later"
+    session.commit()
+    requeued = invoke(app, None, "report-usage", "--requeue-unbilled", STRIPE_API_KEY=None)
+    assert requeued.exit_code == 0, requeued.output
+    assert "Put 2 usage events back in the backlog" in requeued.output
+    assert (
+        json.loads(invoke(app, None, "usage-status", "--json").output)["unbilled_no_customer"] == 0
+    )
+    assert invoke(app, real_standin, "report-usage").exit_code == 0
+
+    assert_exactly_once(session, real_standin, Counter({"cus_found_later": 7}))
+    again = invoke(app, None, "report-usage", "--requeue-unbilled", STRIPE_API_KEY=None)
+    assert "Put 0 usage events back" in again.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -13,19 +12,29 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from portal.billing import reporter
-from portal.billing.reporter import ReportSummary
+from portal.billing.reporter import ReportOptions, ReportSummary
 from portal.billing.stripe_client import StripeMeterEventGateway
 from portal.extensions import db
 from portal.models import UsageEvent, UsageReportBatch
-from tests.billing.helpers import API_KEY, Usage, assert_exactly_once, customer_of, run_reporter
+from tests.billing.helpers import (
+    API_KEY,
+    NOW,
+    Usage,
+    assert_exactly_once,
+    customer_of,
+    events_by_state,
+    run_reporter,
+)
 from tests.factories import make_org, make_user
 from tests.stripe_standin import Fault, StripeStandIn
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CLOCKS = (lambda seconds: None, lambda: 0.0, None)
+"""A run's sleep, monotonic clock and progress callback, for runs built by hand."""
 pytestmark = pytest.mark.slow
 
 
@@ -161,11 +170,7 @@ def test_a_run_that_claims_while_sending_sends_all_it_claimed_within_its_limit(
     assert summary.claimed == summary.events_reported == 100
     assert summary.pending == 0
     # The rest waits in the backlog for the next run, unclaimed.
-    session.expire_all()
-    unclaimed = session.scalar(
-        select(func.count()).select_from(UsageEvent).where(UsageEvent.stripe_reported_at.is_(None))
-    )
-    assert unclaimed == 150
+    assert events_by_state(session) == {"reported": 100, "pending": 150}
     assert (
         session.scalar(
             select(func.count())
@@ -198,22 +203,22 @@ def test_two_reporters_with_several_senders_each_put_each_event_in_one_sent_batc
     assert standin.max_in_flight_per_customer == 1
 
 
-def test_a_claim_refuses_to_run_on_a_snapshot_older_than_the_claim_lock(
+def test_claims_need_no_particular_isolation_level(
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
     engine_name: str,
 ) -> None:
+    # A claim deletes what it takes from the backlog: under REPEATABLE READ a
+    # row another claim took would fail the statement, never be taken twice.
     if engine_name != "postgresql":
         pytest.skip("SQLite claims under its one writer lock")
     usage = record_plenty(session)
     repeatable_read = db.engine.execution_options(isolation_level="REPEATABLE READ")
 
-    with Session(repeatable_read) as own, pytest.raises(RuntimeError, match="READ COMMITTED"):
-        run_reporter(own, gateway)
+    with Session(repeatable_read) as own:
+        assert run_reporter(own, gateway, batch_size=40).exit_code == 0
 
-    assert standin.requests == []
-    run_reporter(session, gateway)
     assert_exactly_once(session, standin, usage.expected)
 
 
@@ -265,10 +270,7 @@ def test_a_reporter_killed_after_stripe_accepted_its_batch_loses_and_doubles_not
         assert [e.value for e in standin.events] == [9]
         batch = session.scalars(select(UsageReportBatch)).one()
         assert batch.status == "pending"  # the outbox row survived the crash
-        reported = session.scalar(
-            select(func.count()).where(UsageEvent.stripe_reported_at.is_not(None))
-        )
-        assert reported == 0
+        assert events_by_state(session) == {"claimed": 3}  # with it, unreported
         session.rollback()
 
         again = report_usage_process(database_url, standin)
@@ -284,56 +286,81 @@ def test_a_reporter_killed_after_stripe_accepted_its_batch_loses_and_doubles_not
         assert len(standin.events) == 1
 
 
-def test_events_locked_on_an_outdated_snapshot_are_not_claimed_twice(
+def test_a_claim_passes_over_the_events_another_claim_holds(
+    session: Session,
+    standin: StripeStandIn,
+    gateway: StripeMeterEventGateway,
+    engine_name: str,
+) -> None:
+    """Two claims at the same moment on two connections take disjoint events.
+
+    The first claims a chunk and has not committed yet when the second runs:
+    the second skips the rows the first has locked (``SKIP LOCKED``) and
+    takes the rest; once the first commits, its rows are gone for good.
+    """
+    if engine_name != "postgresql":
+        pytest.skip("SQLite claims under its one writer lock")
+    usage = record_plenty(session)
+    total = sum(usage.expected.values())
+    statement = reporter._statements("postgresql").claim
+    assert statement is not None
+
+    with Session(db.engine) as first_session, Session(db.engine) as second_session:
+        first = reporter._Run(first_session, gateway, NOW, ReportOptions(), *CLOCKS)
+        second = reporter._Run(second_session, gateway, NOW, ReportOptions(), *CLOCKS)
+        held = first_session.execute(statement, first.claim_parameters(100)).all()
+        assert ("claimed", None, 100) in held  # not committed yet: its rows stay locked
+        taken = second_session.execute(statement, second.claim_parameters(1000)).all()
+        second_session.commit()
+        first_session.commit()
+
+    assert ("claimed", None, 150) in taken
+    assert events_by_state(session) == {"claimed": 250}  # each event in exactly one batch
+    assert run_reporter(session, gateway).exit_code == 0
+    assert_exactly_once(session, standin, usage.expected)
+    assert total == sum(b.value for b in session.scalars(select(UsageReportBatch)))
+
+
+def test_a_run_sends_its_own_batch_that_another_run_held_and_let_go(
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
     engine_name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The race the claim's second statement closes (see the reporter's docstring).
+    """Another run's sender holds a batch this run just claimed, then lets it go.
 
-    A claim whose locking statement started before another claim committed
-    can lock that claim's events once they are unlocked, because its snapshot
-    does not show the other claim's batches. Here the locking statement sees
-    no batches at all, as such a snapshot would: the claim must still leave
-    out every event that a pending batch lists.
+    That happens when the other sender finds the customer busy and puts the
+    batch aside: this run's senders passed over it while it was held, so
+    without a last look this run would end with its own batch pending.
     """
     if engine_name != "postgresql":
-        pytest.skip("SQLite claims under its one writer lock")
-    usage = record_plenty(session)
-    standin.add_faults(*[Fault.server_error(503)] * 1000)
-    first = run_reporter(session, gateway, max_attempts=1)
-    assert first.pending and standin.events == []  # its batches wait, listing their events
-    standin.clear_faults()
+        pytest.skip("SQLite runs one reporter at a time")
+    user = make_user(session, plan="pro")
+    session.commit()
+    usage = Usage(session)
+    usage.record(user, 2, billed_to=customer_of(user))
+    other = Session(db.engine)
+    claim = reporter._Run.claim
+    send_deferred = reporter._Run.send_deferred
 
-    outdated_lock = text(
-        "SELECT current_setting('transaction_isolation'), "
-        "'{' || string_agg(CAST(id AS text), ',') || '}' "
-        "FROM (SELECT id FROM usage_events WHERE report_status = 'pending' "
-        "LIMIT :limit FOR UPDATE SKIP LOCKED) AS locked"
-    )
-    claim = reporter._Run._claim_in_sql
-    outdated_claims: list[int] = []
+    def claim_then_held_elsewhere(run: reporter._Run, size: int) -> int:
+        claimed = claim(run, size)
+        other.execute(
+            select(UsageReportBatch).where(UsageReportBatch.status == "pending").with_for_update()
+        ).all()
+        return claimed
 
-    def first_claim_on_an_outdated_snapshot(run: reporter._Run, size: int) -> int:
-        if outdated_claims:
-            return claim(run, size)
-        outdated_claims.append(size)
-        statements = run.statements
-        run.statements = dataclasses.replace(statements, lock_claim=outdated_lock)
-        try:
-            return claim(run, size)
-        finally:
-            run.statements = statements
+    def let_go_then_send_deferred(run: reporter._Run) -> None:
+        other.rollback()  # the other run puts it aside
+        send_deferred(run)
 
-    monkeypatch.setattr(reporter._Run, "_claim_in_sql", first_claim_on_an_outdated_snapshot)
-    # The pending batches fail once more, so they are still pending when the
-    # second run claims; then Stripe works again.
-    standin.add_faults(*[Fault.server_error(503)] * first.pending)
-    second = run_reporter(session, gateway, max_attempts=1)
-    assert outdated_claims and second.pending == first.pending
-    third = run_reporter(session, gateway)
+    monkeypatch.setattr(reporter._Run, "claim", claim_then_held_elsewhere)
+    monkeypatch.setattr(reporter._Run, "send_deferred", let_go_then_send_deferred)
+    try:
+        summary = run_reporter(session, gateway, senders=1)
+    finally:
+        other.close()
 
-    assert third.exit_code == 0
+    assert (summary.exit_code, summary.pending, summary.batches_sent) == (0, 0, 1)
     assert_exactly_once(session, standin, usage.expected)

@@ -12,7 +12,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from portal.extensions import db
-from portal.models import Membership, MemberUsage, UsageEvent, UsageRecord, UserSubscription
+from portal.models import (
+    Membership,
+    MemberUsage,
+    UsageEvent,
+    UsageRecord,
+    UserSubscription,
+    usage_report_backlog,
+)
 from portal.usage import (
     IdempotencyKeyReused,
     InvalidUsage,
@@ -31,7 +38,25 @@ T = TypeVar("T")
 
 
 def counts(session: Session) -> tuple[int, int, int]:
-    """(events, sum of usage_records.used, sum of member_usage.used)."""
+    """(events, sum of usage_records.used, sum of member_usage.used).
+
+    Also checks that each recorded event waits in the reporter's backlog,
+    once, with its billing subject and period (no reporter runs here), and
+    that nothing refused or repeated got there.
+    """
+    events = {
+        (e.id, e.organization_id, e.user_id, e.period_start)
+        for e in session.scalars(select(UsageEvent))
+    }
+    waiting = session.execute(
+        select(
+            usage_report_backlog.c.event_id,
+            usage_report_backlog.c.organization_id,
+            usage_report_backlog.c.user_id,
+            usage_report_backlog.c.period_start,
+        )
+    ).all()
+    assert len(waiting) == len(events) and {tuple(row) for row in waiting} == events
     return (
         session.scalar(select(func.count()).select_from(UsageEvent)) or 0,
         session.scalar(select(func.coalesce(func.sum(UsageRecord.used), 0))) or 0,
@@ -78,7 +103,10 @@ def test_recording_counts_the_event_in_its_billing_period(session: Session) -> N
     assert outcome.status.used == 3 and outcome.status.remaining == 22
     event = session.get(UsageEvent, outcome.event_id)
     assert event is not None
-    assert (event.quantity, event.period_start, event.stripe_reported_at) == (3, T0, None)
+    assert (event.quantity, event.period_start) == (3, T0)
+    # ... and waits in the reporter's backlog.
+    waiting = session.execute(select(usage_report_backlog)).one()
+    assert (waiting.event_id, waiting.user_id, waiting.organization_id) == (event.id, user.id, None)
     record = session.scalars(select(UsageRecord)).one()
     assert (record.user_id, record.used, record.included, record.plan_id) == (
         user.id,
@@ -461,6 +489,7 @@ def test_a_user_deleted_after_recording_is_unknown(session: Session) -> None:
     session.commit()
     record_usage(session, user.id, idempotency_key="before", now=NOW)
     session.commit()
+    session.execute(delete(usage_report_backlog))
     session.execute(delete(UsageEvent))
     session.execute(delete(UsageRecord))
     session.delete(user)
