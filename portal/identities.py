@@ -28,7 +28,7 @@ def _identity_query() -> PrecompiledSelect:
 
 def find_identity(connection: Connection, user_id: int) -> Identity | None:
     """The user with this id, or ``None`` when there is no such user (any more)."""
-    rows = fetch_rows(connection, _identity_query(), {"user_id": user_id})
+    rows = fetch_rows(connection, _identity_query(), {"user_id": user_id}, alone=True)
     if not rows:
         return None
     found_id, email = rows[0]

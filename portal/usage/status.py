@@ -282,6 +282,7 @@ def current_usage_status(connection: Connection, user_id: int, now: datetime) ->
         connection,
         current.query,
         {"user_key": user_id, "since": now - LONGEST_PERIOD, "until": now},
+        alone=True,
     )
     if not rows:
         raise UnknownUser(f"no user {user_id!r}")

@@ -11,16 +11,17 @@ _KEY = "_read_connection"
 
 
 def read_connection() -> Connection:
-    """This request's autocommit connection, checked out of the pool on first use.
+    """This request's connection for lone reads, checked out of the pool on first use.
 
     A single SELECT needs no BEGIN and ROLLBACK around it: on the polled live
     region those two round trips cost as much as the statements themselves.
-    Views that read more than once, or write, keep using ``db.session`` and
-    its transaction.
+    So the reads made on it are lone statements (``fetch_rows(...,
+    alone=True)``), each a transaction of its own. Views that read more than
+    once, or write, keep using ``db.session`` and its transaction.
     """
     connection: Connection | None = g.get(_KEY)
     if connection is None:
-        connection = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        connection = db.engine.connect()
         setattr(g, _KEY, connection)
     return connection
 
