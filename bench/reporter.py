@@ -3,8 +3,9 @@
 Accounts: 1,000 Stripe customers, 800 users on the pro plan and 200
 organizations on the business plan (five members each), all in their current
 billing period. The backlog is generated with one ``INSERT … SELECT
-generate_series`` (every customer gets the same number of events, quantities
-1-3, occurred in the last two days) and the reporter then runs exactly as
+generate_series`` that writes each event and its row in the reporter's backlog
+queue, as recording does (every customer gets the same number of events,
+quantities 1-3, occurred in the last two days) and the reporter then runs exactly as
 cron runs it, in a process of its own (``python -m flask --app wsgi
 report-usage --json``, default batch size and senders), against the stand-in of the test
 suite (``tests/stripe_standin.py``) over HTTP through the real ``stripe``
@@ -403,13 +404,14 @@ reported and the stand-in holds exactly each customer's usage (checked).
   at most one batch of events at a time, so its memory does not grow with the backlog.
 - Events/s counts from the reporters' start to their last summary; the wall time adds the
   Python processes' start-up and exit. Aggregation sends one meter event per customer,
-  billing period and claim, so Stripe calls number in the thousands and take a few seconds
-  of the run: the rest is PostgreSQL writing each usage event once, when its batch is sent
-  (`report_batch_id`, `stripe_reported_at`: a row update that touches the table's indexes
-  and checks the foreign key, 15-45 µs of server CPU on this machine). A claim locks its
-  events (`FOR UPDATE SKIP LOCKED`, a few µs each) and writes only the batch rows, and a
-  run's senders write sent batches' events on several connections at once, so one run
-  puts both cores to work.
+  billing period and claim, so Stripe calls number in the thousands. Reporting writes no
+  usage event: a claim locks a chunk of the backlog queue (`FOR UPDATE SKIP LOCKED`),
+  deletes it and writes one batch row per customer and period listing its events, and
+  sending a batch rewrites that one row. The claim's lookup of each event by primary key
+  and the queue rows' deletion are most of the database's work. Senders send while the
+  run claims its next chunk, so one run puts both cores to work.
+- The backlog is generated as recording writes it: each event with its row in
+  `usage_report_backlog`, in one statement.
 - Other work shares this 2-core machine while benchmarks run, so figures vary by tens of
   percent from one run to the next.
 """
