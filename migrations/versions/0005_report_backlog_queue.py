@@ -79,13 +79,18 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_usage_report_skips'))
     )
 
-    # The backlog: pending events that no pending batch lists (those are claimed).
+    # The backlog: pending events that no pending batch lists (those are
+    # claimed), unless something else reported them (stripe_reported_at): the
+    # 0004 reporter skipped those as already reported when it came to them.
+    unlisted = (
+        "id NOT IN (SELECT event_id FROM ("
+        + _listed(dialect, 'usage_report_batches', "t.status = 'pending' AND CAST(t.event_ids AS text) <> 'null'")
+        + ") AS listed)"
+    )
     op.execute(
         "INSERT INTO usage_report_backlog (event_id, organization_id, user_id, period_start) "
         "SELECT id, organization_id, user_id, period_start FROM usage_events "
-        "WHERE report_status = 'pending' AND id NOT IN (SELECT event_id FROM ("
-        + _listed(dialect, 'usage_report_batches', "t.status = 'pending' AND CAST(t.event_ids AS text) <> 'null'")
-        + ") AS listed)"
+        f"WHERE report_status = 'pending' AND stripe_reported_at IS NULL AND {unlisted}"
     )
     # Settled batches name their events, which pointed at them until now.
     op.execute(
@@ -94,14 +99,20 @@ def upgrade():
         # Revision 0004 wrote SQL NULL; a JSON null would mean the same.
         "WHERE event_ids IS NULL OR CAST(event_ids AS text) = 'null'"
     )
-    # Skipped events: one skip per reason.
+    # Skipped events, and pending ones reported by other means: one skip per
+    # reason. (Such events keep the fact, not the moment: the skip's time.)
     now = "CURRENT_TIMESTAMP"
+    reason = (
+        "CASE WHEN e.report_status = 'skipped' THEN e.report_skip_reason "
+        "ELSE 'already_reported' END"
+    )
     op.execute(
         "INSERT INTO usage_report_skips (reason, created_at, event_count, value, "
         "oldest_occurred_at, latest_occurred_at, event_ids) "
-        f"SELECT e.report_skip_reason, {now}, COUNT(*), SUM(e.quantity), MIN(e.occurred_at), "
+        f"SELECT {reason}, {now}, COUNT(*), SUM(e.quantity), MIN(e.occurred_at), "
         f"MAX(e.occurred_at), {_json_ids(dialect)} FROM usage_events AS e "
-        "WHERE e.report_status = 'skipped' GROUP BY e.report_skip_reason"
+        "WHERE e.report_status = 'skipped' OR (e.report_status = 'pending' "
+        f"AND e.stripe_reported_at IS NOT NULL AND e.{unlisted}) GROUP BY {reason}"
     )
 
     with op.batch_alter_table('usage_report_backlog', schema=None) as batch_op:
@@ -140,26 +151,22 @@ def downgrade():
 
     # Revision 0004's state: events of settled batches point at them (reported
     # when sent) and those batches list none; pending batches keep their list.
+    # One pass over the listed ids each (UPDATE … FROM; SQLite 3.33+).
     settled = _listed(dialect, 'usage_report_batches', "t.status <> 'pending'")
     op.execute(
-        "UPDATE usage_events SET report_status = 'batched', "
-        "report_batch_id = (SELECT owner FROM (" + settled + ") AS l WHERE l.event_id = usage_events.id), "
-        "stripe_reported_at = (SELECT b.sent_at FROM (" + settled + ") AS l "
-        "JOIN usage_report_batches AS b ON b.id = l.owner WHERE l.event_id = usage_events.id) "
-        "WHERE id IN (SELECT event_id FROM (" + settled + ") AS l)"
+        "UPDATE usage_events SET report_status = 'batched', report_batch_id = l.owner, "
+        "stripe_reported_at = b.sent_at "
+        f"FROM ({settled}) AS l JOIN usage_report_batches AS b ON b.id = l.owner "
+        "WHERE usage_events.id = l.event_id"
     )
     op.execute("UPDATE usage_report_batches SET event_ids = NULL WHERE status <> 'pending'")
     # Skips whose events were put back in the backlog no longer hold them.
     skipped = _listed(dialect, 'usage_report_skips', 't.requeued_at IS NULL')
     op.execute(
-        "UPDATE usage_events SET report_status = 'skipped', "
-        "report_skip_reason = (SELECT s.reason FROM (" + skipped + ") AS l "
-        "JOIN usage_report_skips AS s ON s.id = l.owner WHERE l.event_id = usage_events.id), "
-        "stripe_reported_at = (SELECT s.created_at FROM (" + skipped + ") AS l "
-        "JOIN usage_report_skips AS s ON s.id = l.owner "
-        "WHERE l.event_id = usage_events.id AND s.reason = 'already_reported') "
-        "WHERE id IN (SELECT event_id FROM (" + skipped + ") AS l) "
-        "AND id NOT IN (SELECT event_id FROM usage_report_backlog)"
+        "UPDATE usage_events SET report_status = 'skipped', report_skip_reason = s.reason, "
+        "stripe_reported_at = CASE WHEN s.reason = 'already_reported' THEN s.created_at END "
+        f"FROM ({skipped}) AS l JOIN usage_report_skips AS s ON s.id = l.owner "
+        "WHERE usage_events.id = l.event_id"
     )
     # Events still in the backlog stay 'pending', the column's default.
 

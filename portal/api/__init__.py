@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from portal.api.errors import ApiError, register_error_handlers
+from portal.api.errors import ApiError, api_error_response, register_error_handlers
 from portal.api.openapi import openapi_document
 from portal.api.parsing import is_plausible_email, parse_usage_event, read_json_object
 from portal.api.ratelimit import ApiRateLimit
@@ -84,6 +85,7 @@ def require_api_key() -> None:
         # (``api_key_id``), so a key this process authenticated a moment ago
         # needs no lookup of its own: one round trip per suggestion.
         info = remembered_key(key, now)
+    g.api_key_checked = info is None
     if info is None:
         info = authenticate(db.session(), key, now)
     if info is None:
@@ -91,6 +93,7 @@ def require_api_key() -> None:
     if info.refreshed:
         db.session.commit()  # at most once a minute: keeps last_used_at
     g.api_key = info
+    g.api_key_presented = key
     request.max_content_length = (
         BATCH_BODY_LIMIT if request.endpoint == "api.record_usage_events" else EVENT_BODY_LIMIT
     )
@@ -123,6 +126,33 @@ def get_usage(email: str) -> Response:
     return jsonify(status.as_dict())
 
 
+def _check_remembered_key() -> None:
+    """401 for a remembered key that was revoked meanwhile; nothing otherwise.
+
+    A remembered key is checked by the recording statement; a request refused
+    before that statement (bad input, unknown user) would otherwise answer a
+    revoked key with something else than 401, and so tell it whether an email
+    address has an account.
+    """
+    if g.get("api_key_checked", True):
+        return
+    if authenticate(db.session(), g.api_key_presented, _now()) is None:
+        raise _unauthorized()
+    g.api_key_checked = True
+
+
+@blueprint.errorhandler(ApiError)
+@blueprint.errorhandler(HTTPException)
+def _refused(error: ApiError | HTTPException) -> Response:
+    """Refusals of the API's own endpoints: a revoked key gets 401 whatever else was wrong."""
+    if not isinstance(error, ApiError) or error.status != 401:
+        try:
+            _check_remembered_key()
+        except ApiError as unauthorized:
+            error = unauthorized
+    return api_error_response(error)
+
+
 @blueprint.post("/usage-events")
 def record_usage_event() -> tuple[Response, int]:
     """Record one usage event, exactly once per idempotency key."""
@@ -137,7 +167,7 @@ def record_usage_event() -> tuple[Response, int]:
         outcome = record_request(session, email, usage, now, api_key_id=g.api_key.id)
     except ApiKeyRevoked:
         # Revoked since this process last looked it up: nothing was recorded.
-        forget_key(hash_key(request.headers["Authorization"].partition(" ")[2].strip()))
+        forget_key(hash_key(g.api_key_presented))
         raise _unauthorized() from None
     except UnknownUser:
         raise ApiError(404, "user_not_found", "No user has this email address.") from None

@@ -71,10 +71,15 @@ def is_api_request() -> bool:
     return request.path.startswith(API_PREFIX)
 
 
+def api_error_response(error: ApiError | HTTPException) -> Response:
+    """The JSON answer to a refused API request; what it began is rolled back."""
+    db.session.rollback()
+    if isinstance(error, HTTPException):
+        return api_http_error(error)
+    response = error_response(error.status, error.code, error.message, error.fields)
+    response.headers.update(error.headers)
+    return response
+
+
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api_error(error: ApiError) -> Response:
-        db.session.rollback()
-        response = error_response(error.status, error.code, error.message, error.fields)
-        response.headers.update(error.headers)
-        return response
+    app.register_error_handler(ApiError, api_error_response)

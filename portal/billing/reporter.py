@@ -66,6 +66,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Integer, String, bindparam, insert, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from portal.billing.gateway import Delivery, DeliveryStatus, MeterEvent, MeterEventGateway
@@ -100,6 +101,8 @@ IDENTIFIER_PREFIX = "aiu_"
 PAID_PLAN_IDS = frozenset(plan.id for plan in PLANS.values() if plan.is_paid)
 BILLABLE_EVENT_TYPES = frozenset(QUOTA_EVENT_TYPES)
 
+LOCK_NOT_AVAILABLE = "55P03"
+"""PostgreSQL's answer when ``lock_timeout`` ran out."""
 # Advisory-lock namespace for "one request in flight per customer and meter".
 _CUSTOMER_LOCK_NAMESPACE = 0x5553_4147  # "USAG"
 # Advisory lock for "one claim at a time", across runs and machines.
@@ -302,16 +305,25 @@ def requeue_unbilled(session: Session, now: datetime) -> int:
     For after the customer was set on the subscription or organization: the
     next claims send what is still inside Stripe's window (the last
     ``REQUEUE_WINDOW``), or skip it again if there is still no customer.
-    Returns the number of usage events put back. The caller commits.
+    Returns the number of usage events put back. A skip's events older than
+    the window stay with it, unbilled: Stripe would refuse them (bill them
+    by hand). The caller commits.
     """
     dialect = session.get_bind().dialect.name
+    # Take the skips first, in one statement that only takes those not yet
+    # taken: of two runs at once, each skip goes back with one only, or its
+    # events would wait twice in the backlog and be billed twice.
     skips = (
         session.execute(
-            select(UsageReportSkip.id).where(
+            update(UsageReportSkip)
+            .where(
                 UsageReportSkip.reason == SkipReason.NO_CUSTOMER.value,
                 UsageReportSkip.requeued_at.is_(None),
                 UsageReportSkip.latest_occurred_at >= now - REQUEUE_WINDOW,
             )
+            .values(requeued_at=now)
+            .returning(UsageReportSkip.id)
+            .execution_options(synchronize_session=False)
         )
         .scalars()
         .all()
@@ -328,12 +340,6 @@ def requeue_unbilled(session: Session, now: datetime) -> int:
         listed,
         {"skip_ids": list(skips), "since": now - REQUEUE_WINDOW},
     ).rowcount  # type: ignore[attr-defined]
-    session.execute(
-        update(UsageReportSkip)
-        .where(UsageReportSkip.id.in_(skips))
-        .values(requeued_at=now)
-        .execution_options(synchronize_session=False)
-    )
     return int(requeued)
 
 
@@ -821,15 +827,31 @@ class _Run:
         for batch_id in dict.fromkeys([*self.deferred, *left]):
             if self.error is not None or self.remaining() <= 0:
                 return
-            # Wait for a sender that holds the batch right now: it sends it
-            # (then it is no longer pending), or lets it go to this run.
-            batch = self._lock_next_batch(
-                session, UsageReportBatch.id == batch_id, skip_locked=False
+            try:
+                # Wait for a sender that holds the batch right now: it sends it
+                # (then it is no longer pending), or lets it go to this run;
+                # then for its customer. Never longer than the time budget.
+                self._limit_lock_waits(session)
+                batch = self._lock_next_batch(
+                    session, UsageReportBatch.id == batch_id, skip_locked=False
+                )
+                if batch is None:
+                    session.rollback()  # sent meanwhile
+                    continue
+                self._handle(session, batch, wait_for_customer=True)
+            except OperationalError as error:
+                if getattr(error.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                    raise
+                session.rollback()  # the budget ran out waiting: pending for the next run
+                return
+
+    def _limit_lock_waits(self, session: Session) -> None:
+        """Make this transaction's lock waits give up when the time budget ends (PostgreSQL)."""
+        if self.dialect == "postgresql":
+            timeout = f"{max(1, math.ceil(self.remaining() * 1000))}ms"
+            session.execute(
+                text("SELECT set_config('lock_timeout', :timeout, true)"), {"timeout": timeout}
             )
-            if batch is None:
-                session.rollback()  # sent meanwhile
-                continue
-            self._handle(session, batch, wait_for_customer=True)
 
     def _lock_next_batch(
         self, session: Session, condition: Any, *, order: bool = False, skip_locked: bool

@@ -99,6 +99,28 @@ def test_key_revoked_elsewhere_records_nothing_from_the_next_call(
     assert recorded(session) == (1, 1)
 
 
+@pytest.mark.parametrize(
+    "refused",
+    [
+        event("nobody@example.com"),  # would be 404: tells whether an account exists
+        {"user_email": "x@example.com", "quantity": "lots"},  # would be 422
+    ],
+)
+def test_a_key_revoked_elsewhere_learns_nothing_from_refusals_either(
+    session: Session, api: Api, refused: dict[str, Any]
+) -> None:
+    email = pro_user(session)
+    assert api("post", "/usage-events", json=event(email)).status_code == 201
+    session.execute(update(ApiKey).values(revoked_at=now()))
+    session.commit()
+
+    answer = api("post", "/usage-events", json=refused)
+
+    assert answer.status_code == 401
+    assert answer.json["error"]["code"] == "unauthorized"
+    assert recorded(session) == (1, 1)
+
+
 def test_recording_keeps_last_used_at_current_to_the_minute(
     session: Session, api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -360,7 +362,86 @@ def test_a_run_sends_its_own_batch_that_another_run_held_and_let_go(
     try:
         summary = run_reporter(session, gateway, senders=1)
     finally:
+        monkeypatch.undo()
         other.close()
 
     assert (summary.exit_code, summary.pending, summary.batches_sent) == (0, 0, 1)
     assert_exactly_once(session, standin, usage.expected)
+
+
+def test_waiting_for_a_batch_another_run_holds_ends_with_the_time_budget(
+    session: Session,
+    standin: StripeStandIn,
+    gateway: StripeMeterEventGateway,
+    engine_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch another run holds (and keeps) is not waited for past ``--max-seconds``."""
+    if engine_name != "postgresql":
+        pytest.skip("SQLite runs one reporter at a time")
+    user = make_user(session, plan="pro")
+    session.commit()
+    usage = Usage(session)
+    usage.record(user, 2, billed_to=customer_of(user))
+    other = Session(db.engine)
+    claim = reporter._Run.claim
+
+    def claim_then_held_elsewhere(run: reporter._Run, size: int) -> int:
+        claimed = claim(run, size)
+        other.execute(
+            select(UsageReportBatch).where(UsageReportBatch.status == "pending").with_for_update()
+        ).all()
+        return claimed
+
+    monkeypatch.setattr(reporter._Run, "claim", claim_then_held_elsewhere)
+    started = time.monotonic()
+    try:
+        summary = run_reporter(session, gateway, senders=1, max_seconds=2)
+    finally:
+        monkeypatch.undo()
+        other.close()
+
+    assert time.monotonic() - started < 10
+    # Still held by the other run when this one ends: the other answers for it.
+    assert (summary.exit_code, summary.pending, summary.batches_sent) == (0, 0, 0)
+    assert standin.requests == []
+    assert run_reporter(session, gateway).exit_code == 0  # the next run sends it
+    assert_exactly_once(session, standin, usage.expected)
+
+
+def test_two_requeues_at_once_put_unbilled_usage_back_once(
+    session: Session,
+    standin: StripeStandIn,
+    gateway: StripeMeterEventGateway,
+    engine_name: str,
+) -> None:
+    if engine_name != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    team = make_org(session, customer=None)
+    member = make_user(session, org=team)
+    session.commit()
+    usage = Usage(session)
+    usage.record(member, 3)
+    assert run_reporter(session, gateway).skipped_reasons == {"no_customer": 1}
+    team.stripe_customer_id = "cus_set_later"
+    session.commit()
+
+    with Session(db.engine) as first, Session(db.engine) as second:
+        assert reporter.requeue_unbilled(first, NOW) == 1  # not committed yet
+        results: list[int] = []
+        waiting = threading.Thread(target=lambda: results.append(requeue(second)))
+        waiting.start()
+        waiting.join(timeout=1)
+        assert waiting.is_alive()  # it waits for the first to finish with the skip
+        first.commit()
+        waiting.join(timeout=30)
+
+    assert results == [0]
+    assert run_reporter(session, gateway).exit_code == 0
+    assert_exactly_once(session, standin, Counter({"cus_set_later": 3}))
+
+
+def requeue(session: Session) -> int:
+    requeued = reporter.requeue_unbilled(session, NOW)
+    session.commit()
+    return requeued
