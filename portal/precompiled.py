@@ -74,10 +74,15 @@ def fetch_rows(
 
 
 def execute_on_driver(
-    connection: Connection, sql: str, parameters: Mapping[str, Any], *, alone: bool = False
+    connection: Connection,
+    sql: str,
+    parameters: Mapping[str, Any],
+    *,
+    alone: bool = False,
+    returns_rows: bool = True,
 ) -> Sequence[tuple[Any, ...]]:
     """Run psycopg-style ``sql`` on the driver's cursor of ``connection``; every row it returns
-    (none for a statement that returns no rows).
+    (pass ``returns_rows=False`` for a statement without a result).
 
     For the few statements on hot paths only: SQLAlchemy sees none of it, so
     a connection the database dropped is reported to it here, and not put
@@ -97,7 +102,9 @@ def execute_on_driver(
         dbapi_connection.autocommit = True
     try:
         cursor.execute(sql, parameters)
-        return cursor.fetchall() if cursor.description is not None else []
+        # Asking ``description`` first would build the columns' descriptions
+        # on every call of the hot paths, which all return rows.
+        return cursor.fetchall() if returns_rows else []
     except connection.dialect.loaded_dbapi.Error as error:
         if connection.dialect.is_disconnect(error, dbapi_connection, cursor):
             connection.invalidate(error)

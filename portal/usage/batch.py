@@ -238,7 +238,7 @@ def _enqueue(connection: Any, recorded: list[_Pending]) -> None:
     ]
     if connection.dialect.name == "postgresql":
         payload = json.dumps(rows, default=_json_value)
-        execute_on_driver(connection, _ENQUEUE_FROM_JSON, {"rows": payload})
+        execute_on_driver(connection, _ENQUEUE_FROM_JSON, {"rows": payload}, returns_rows=False)
     else:
         connection.execute(recording_statements(connection.dialect.name).enqueue_event, rows)
 
