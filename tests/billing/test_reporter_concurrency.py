@@ -323,6 +323,20 @@ def test_a_claim_passes_over_the_events_another_claim_holds(
     assert total == sum(b.value for b in session.scalars(select(UsageReportBatch)))
 
 
+def hold_what_runs_claim(monkeypatch: pytest.MonkeyPatch, other: Session) -> None:
+    """After each claim, ``other`` locks the pending batches, as another run's sender would."""
+    claim = reporter._Run.claim
+
+    def claim_then_held_elsewhere(run: reporter._Run, size: int) -> int:
+        claimed = claim(run, size)
+        other.execute(
+            select(UsageReportBatch).where(UsageReportBatch.status == "pending").with_for_update()
+        ).all()
+        return claimed
+
+    monkeypatch.setattr(reporter._Run, "claim", claim_then_held_elsewhere)
+
+
 def test_a_run_sends_its_own_batch_that_another_run_held_and_let_go(
     session: Session,
     standin: StripeStandIn,
@@ -343,21 +357,13 @@ def test_a_run_sends_its_own_batch_that_another_run_held_and_let_go(
     usage = Usage(session)
     usage.record(user, 2, billed_to=customer_of(user))
     other = Session(db.engine)
-    claim = reporter._Run.claim
     send_deferred = reporter._Run.send_deferred
-
-    def claim_then_held_elsewhere(run: reporter._Run, size: int) -> int:
-        claimed = claim(run, size)
-        other.execute(
-            select(UsageReportBatch).where(UsageReportBatch.status == "pending").with_for_update()
-        ).all()
-        return claimed
 
     def let_go_then_send_deferred(run: reporter._Run) -> None:
         other.rollback()  # the other run puts it aside
         send_deferred(run)
 
-    monkeypatch.setattr(reporter._Run, "claim", claim_then_held_elsewhere)
+    hold_what_runs_claim(monkeypatch, other)
     monkeypatch.setattr(reporter._Run, "send_deferred", let_go_then_send_deferred)
     try:
         summary = run_reporter(session, gateway, senders=1)
@@ -384,16 +390,7 @@ def test_waiting_for_a_batch_another_run_holds_ends_with_the_time_budget(
     usage = Usage(session)
     usage.record(user, 2, billed_to=customer_of(user))
     other = Session(db.engine)
-    claim = reporter._Run.claim
-
-    def claim_then_held_elsewhere(run: reporter._Run, size: int) -> int:
-        claimed = claim(run, size)
-        other.execute(
-            select(UsageReportBatch).where(UsageReportBatch.status == "pending").with_for_update()
-        ).all()
-        return claimed
-
-    monkeypatch.setattr(reporter._Run, "claim", claim_then_held_elsewhere)
+    hold_what_runs_claim(monkeypatch, other)
     started = time.monotonic()
     try:
         summary = run_reporter(session, gateway, senders=1, max_seconds=2)
