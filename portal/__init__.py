@@ -40,12 +40,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
-    if app.config.get("TRUSTED_PROXIES"):
-        # Behind a proxy, client addresses (for rate limits) and the scheme
-        # come from its X-Forwarded-* headers, trusted for that many hops only.
-        hops = app.config["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
-
     db.init_app(app)
     with app.app_context():
         ping_connections_after_idle(db.engine)
@@ -62,6 +56,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     views.init_app(app)
     api.init_app(app)
     csrf.exempt(api.blueprint)  # API clients authenticate with bearer keys, not cookies
+
+    if app.config.get("TRUSTED_PROXIES"):
+        # Behind a proxy, client addresses (for rate limits) and the scheme
+        # come from its X-Forwarded-* headers, trusted for that many hops
+        # only; outermost, so the API's own WSGI layer sees them too.
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     return app
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,24 @@ def test_behind_a_trusted_proxy_the_forwarded_client_is_used(database_url: str) 
 def test_proxy_count_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
         load_config({"PORTAL_ENV": "development", "TRUSTED_PROXIES": "many"}, str(tmp_path))
+
+
+def test_behind_a_trusted_proxy_the_recording_endpoint_sees_the_forwarded_client(
+    database_url: str,
+) -> None:
+    # POST /api/v1/usage-events is answered in front of Flask: it must still
+    # see the client and scheme the proxy forwarded, for rate limits and HSTS.
+    from portal import create_app
+
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": database_url, "TRUSTED_PROXIES": 1, "API_RATE_LIMIT": "1/hour"}
+    )
+    client = app.test_client()
+
+    def post(address: str) -> Any:
+        forwarded = {"X-Forwarded-For": address, "X-Forwarded-Proto": "https"}
+        return client.post("/api/v1/usage-events", json={}, headers=forwarded)
+
+    first, other_client, again = post("203.0.113.9"), post("203.0.113.10"), post("203.0.113.9")
+    assert [first.status_code, other_client.status_code, again.status_code] == [401, 401, 429]
+    assert first.headers["Strict-Transport-Security"].startswith("max-age=")

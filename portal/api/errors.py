@@ -24,6 +24,7 @@ HTTP_CODES = {
     422: "validation_failed",
     429: "rate_limited",
 }
+RATE_LIMITED = "Too many requests for this API key; retry after the time in Retry-After."
 
 
 class ApiError(Exception):
@@ -41,29 +42,46 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
         self.fields, self.headers = fields, headers or {}
 
-
-def error_response(
-    status: int, code: str, message: str, fields: dict[str, str] | None = None
-) -> Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if fields:
-        body["fields"] = fields
-    response = jsonify({"error": body})
-    response.status_code = status
-    return response
+    @property
+    def document(self) -> dict[str, Any]:
+        """The answer's body."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.fields:
+            body["fields"] = self.fields
+        return {"error": body}
 
 
-def api_http_error(error: HTTPException) -> Response:
-    """An HTTP error raised outside our views (routing, size limits, rate limits) as API JSON."""
+def validation_error(fields: dict[str, str]) -> ApiError:
+    """422 listing every invalid field."""
+    listed = ", ".join(sorted(fields))
+    return ApiError(422, "validation_failed", f"Some fields are invalid: {listed}.", fields)
+
+
+def user_not_found() -> ApiError:
+    return ApiError(404, "user_not_found", "No user has this email address.")
+
+
+def server_failed() -> ApiError:
+    return ApiError(500, "internal_error", "The server failed; retry the request.")
+
+
+def from_http_exception(error: HTTPException) -> ApiError:
+    """An HTTP error raised outside our views (routing, size limits, rate limits) as the API's.
+
+    Keeps Allow on 405 and Retry-After on 429.
+    """
     status = error.code or 500
-    message = error.description or error.name
-    if status == 429:
-        message = "Too many requests for this API key; retry after the time in Retry-After."
-    response = error_response(status, HTTP_CODES.get(status, "http_error"), message)
-    # Keep Allow on 405 and Retry-After on 429.
-    for header, value in error.get_headers():
-        if header.lower() != "content-type":
-            response.headers[header] = value
+    message = RATE_LIMITED if status == 429 else (error.description or error.name)
+    headers = {
+        header: value for header, value in error.get_headers() if header.lower() != "content-type"
+    }
+    return ApiError(status, HTTP_CODES.get(status, "http_error"), message, headers=headers)
+
+
+def error_response(error: ApiError) -> Response:
+    response = jsonify(error.document)
+    response.status_code = error.status
+    response.headers.update(error.headers)
     return response
 
 
@@ -75,10 +93,8 @@ def api_error_response(error: ApiError | HTTPException) -> Response:
     """The JSON answer to a refused API request; what it began is rolled back."""
     db.session.rollback()
     if isinstance(error, HTTPException):
-        return api_http_error(error)
-    response = error_response(error.status, error.code, error.message, error.fields)
-    response.headers.update(error.headers)
-    return response
+        error = from_http_exception(error)
+    return error_response(error)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,9 +22,15 @@ MAX_EMAIL_LENGTH = 254
 
 def read_json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or the API error a client must see."""
-    if request.mimetype != "application/json":
+    # get_data raises 413 past the request's size limit.
+    return json_object(request.mimetype, lambda: request.get_data(cache=False))
+
+
+def json_object(mimetype: str, read_body: Callable[[], bytes]) -> dict[str, Any]:
+    """The body ``read_body`` reads as a JSON object; its type is checked before it is read."""
+    if mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
-    raw = request.get_data(cache=False)  # raises 413 past the request's size limit
+    raw = read_body()
     try:
         data = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as error:

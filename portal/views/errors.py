@@ -8,7 +8,7 @@ from flask import Flask, Response, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from portal.api.errors import api_http_error, error_response, is_api_request
+from portal.api.errors import error_response, from_http_exception, is_api_request, server_failed
 from portal.extensions import db
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def register_error_handlers(app: Flask) -> None:
     def _http(error: HTTPException) -> Response:
         db.session.rollback()
         if is_api_request():
-            return api_http_error(error)
+            return error_response(from_http_exception(error))
         status = error.code or 500
         return _html_error(status, MESSAGES.get(status, error.description or error.name), error)
 
@@ -55,5 +55,5 @@ def register_error_handlers(app: Flask) -> None:
         db.session.rollback()
         log.exception("unexpected error answering %s %s", request.method, request.path)
         if is_api_request():
-            return error_response(500, "internal_error", "The server failed; retry the request.")
+            return error_response(server_failed())
         return _html_error(500, MESSAGES[500])

@@ -41,16 +41,25 @@ SECURITY_HEADERS = (
 _SECURITY_HEADERS_BY_NAME = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS)
 
 
+HSTS = ("Strict-Transport-Security", "max-age=31536000")
+
+
+def missing_security_headers(present: set[str], secure: bool) -> list[tuple[str, str]]:
+    """The headers of ``SECURITY_HEADERS`` not ``present`` (lower-case names), HSTS on HTTPS."""
+    missing = [
+        (name, value) for lower, name, value in _SECURITY_HEADERS_BY_NAME if lower not in present
+    ]
+    if secure and HSTS[0].lower() not in present:
+        missing.append(HSTS)
+    return missing
+
+
 def add_security_headers(response: Response) -> Response:
     """Every header of ``SECURITY_HEADERS`` the response does not set itself, and HSTS on HTTPS."""
     # One pass over the response's headers; ``setdefault`` would scan them
     # all once per header.
     present = {name.lower() for name, _ in response.headers}
-    response.headers.extend(
-        [(name, value) for lower, name, value in _SECURITY_HEADERS_BY_NAME if lower not in present]
-    )
-    if request.is_secure:
-        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    response.headers.extend(missing_security_headers(present, request.is_secure))
     return response
 
 

@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from portal.apikeys import create_api_key, revoke_api_key
 from portal.models import ApiKey, UsageEvent, UsageRecord
+from portal.usage import recording
+from portal.views.security import CONTENT_SECURITY_POLICY
 from tests.factories import make_org, make_user
 
 Api = Any
@@ -127,7 +129,7 @@ def test_recording_keeps_last_used_at_current_to_the_minute(
     email = pro_user(session)
     start = now()
     for minutes in (0, 0.5, 2):
-        monkeypatch.setattr("portal.api._now", lambda m=minutes: start + timedelta(minutes=m))
+        monkeypatch.setattr("portal.api.admission.now", lambda m=minutes: start + timedelta(minutes=m))
         assert api("post", "/usage-events", json=event(email)).status_code == 201
         session.expire_all()
         last_used = session.scalars(select(ApiKey)).one().last_used_at
@@ -283,6 +285,49 @@ def test_unknown_paths_and_methods_answer_in_json(api: Api) -> None:
     assert (missing.status_code, missing.json["error"]["code"]) == (404, "not_found")
     wrong = api("delete", "/usage-events")
     assert wrong.status_code == 405 and "POST" in wrong.headers["Allow"]
+
+
+def test_every_api_answer_carries_the_security_headers(session: Session, api: Api) -> None:
+    email = pro_user(session)
+    answers = [
+        api("post", "/usage-events", json=event(email)),  # answered in front of Flask
+        api("post", "/usage-events", data="{oops", content_type="application/json"),
+        api("get", f"/users/{email}/usage"),  # a Flask view
+    ]
+    for answer in answers:
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert "Strict-Transport-Security" not in answer.headers  # plain HTTP
+    over_https = api("post", "/usage-events", json=event(email), base_url="https://localhost")
+    assert over_https.headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+def test_a_server_failure_is_a_json_500_and_a_retry_records_once(
+    session: Session, api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    email = pro_user(session)
+    payload = event(email)
+    real_build_status = recording.build_status
+    failures = iter([RuntimeError("the status could not be built")])
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        for failure in failures:
+            raise failure
+        return real_build_status(*args, **kwargs)
+
+    monkeypatch.setattr(recording, "build_status", fails_once)
+    failed = api("post", "/usage-events", json=payload)
+    assert failed.status_code == 500
+    assert failed.json == {
+        "error": {"code": "internal_error", "message": "The server failed; retry the request."}
+    }
+    assert "the status could not be built" in caplog.text
+    # Whether the event was written before the failure or not, the retry the
+    # README advises (same idempotency key) leaves it recorded exactly once.
+    retried = api("post", "/usage-events", json=payload)
+    assert retried.status_code in (200, 201)
+    assert recorded(session) == (1, 1)
 
 
 # Batches
