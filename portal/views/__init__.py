@@ -7,13 +7,13 @@ from flask_login import current_user
 
 from portal.access import administered_organizations
 from portal.extensions import db
-from portal.views import auth, errors, formatting, orgs, security, usage
+from portal.views import auth, errors, formatting, health, orgs, security, usage
 
 
 def init_app(app: Flask) -> None:
     security.init_app(app)
     formatting.init_app(app)
-    for module in (auth, usage, orgs):
+    for module in (health, auth, usage, orgs):
         app.register_blueprint(module.blueprint)
     errors.register_error_handlers(app)
 

@@ -41,12 +41,6 @@ def safe_next(target: str | None) -> str:
     return url_for("usage.dashboard")
 
 
-@blueprint.get("/healthz")
-def healthz() -> tuple[str, int, dict[str, str]]:
-    """Liveness for load balancers: answers without touching the database."""
-    return "ok\n", 200, {"Content-Type": "text/plain; charset=utf-8"}
-
-
 @blueprint.get("/")
 def index() -> Response:
     """Send visitors to their dashboard, or to sign in."""
