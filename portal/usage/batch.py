@@ -202,17 +202,30 @@ _INSERT_EVENTS_FROM_JSON = """
 
 
 def _insert_events_from_json(connection: Any, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
-    payload = json.dumps(rows, default=_json_value)
+    payload = json.dumps(rows, default=_JsonValues())
     inserted = execute_on_driver(connection, _INSERT_EVENTS_FROM_JSON, {"rows": payload})
     return {row[0] for row in inserted}
 
 
-def _json_value(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"cannot send {type(value).__name__} as JSON")
+class _JsonValues:
+    """``json.dumps``'s ``default`` for one payload: times as ISO 8601, UUIDs as text.
+
+    A batch's events share a handful of instants (when they were recorded,
+    their periods' bounds), so each distinct one is formatted once.
+    """
+
+    def __init__(self) -> None:
+        self._times: dict[datetime, str] = {}
+
+    def __call__(self, value: object) -> str:
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        if isinstance(value, datetime):
+            text = self._times.get(value)
+            if text is None:
+                text = self._times[value] = value.isoformat()
+            return text
+        raise TypeError(f"cannot send {type(value).__name__} as JSON")
 
 
 # The recorded events go into the reporter's backlog, also as one JSON parameter.
@@ -237,7 +250,7 @@ def _enqueue(connection: Any, recorded: list[_Pending]) -> None:
         for p in recorded
     ]
     if connection.dialect.name == "postgresql":
-        payload = json.dumps(rows, default=_json_value)
+        payload = json.dumps(rows, default=_JsonValues())
         execute_on_driver(connection, _ENQUEUE_FROM_JSON, {"rows": payload}, returns_rows=False)
     else:
         connection.execute(recording_statements(connection.dialect.name).enqueue_event, rows)
