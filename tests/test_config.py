@@ -3,8 +3,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
