@@ -1086,9 +1086,10 @@ limit raised to `{RATE_LIMIT}` so it never throttles) and
 of its own. Events go to {USERS} users on the {PLAN} plan; each wrk thread cycles
 through its own slice of them, so no two requests in flight share a running total. The
 baseline is `pgbench -N` with {PGBENCH_CLIENTS} clients on a scale-{PGBENCH_SCALE}
-scratch database of the same server, in the same run; pgbench, wrk and gunicorn take
-turns, so no two measurements share the CPU (but wrk shares it with the server it
-drives, as pgbench shares it with PostgreSQL).
+scratch database of the same server, in the same run, right before and right after
+each single-event run: a shared machine's speed drifts, so each ratio is to the mean of
+the two. pgbench, wrk and gunicorn take turns, so no two measurements share the CPU
+(but wrk shares it with the server it drives, as pgbench shares it with PostgreSQL).
 
 - **Single events:** `POST {SINGLE.path}`, one event a request, `wrk -t {SINGLE.threads}
   -c {SINGLE.connections}`; every answer must be `201`. Target: at least
