@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from portal.api.errors import ApiError
+from portal.api.errors import RATE_LIMITED, ApiError
 from portal.api.ratelimit import ApiRateLimit
 from portal.apikeys import ApiKeyInfo, authenticate, remembered_key
 
@@ -92,12 +92,7 @@ def admit(
     """
     wait = rate_limit.retry_after(rate_limit_bucket(authorization, remote_addr), time.time())
     if wait is not None:
-        raise ApiError(
-            429,
-            "rate_limited",
-            "Too many requests for this API key; retry after the time in Retry-After.",
-            headers={"Retry-After": str(wait)},
-        )
+        raise ApiError(429, "rate_limited", RATE_LIMITED, headers={"Retry-After": str(wait)})
     key = bearer_key(authorization)
     info = remembered_key(key, at) if remembered else None
     if info is not None:

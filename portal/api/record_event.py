@@ -127,15 +127,13 @@ class RecordEventEndpoint:
             status, document = self._serve(session, environ)
             return status, [], document
         except ApiError as refusal:
-            session.rollback()
             return refusal.status, list(refusal.headers.items()), refusal.document
         except Exception:
-            session.rollback()
             log.exception("unexpected error answering POST %s", PATH)
             failed = server_failed()
             return failed.status, [], failed.document
         finally:
-            session.close()
+            session.close()  # rolls back whatever a refused or failed request began
 
     def _serve(self, session: Session, environ: WSGIEnvironment) -> Answer:
         caller = admission.admit(
