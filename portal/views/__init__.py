@@ -7,7 +7,7 @@ from flask_login import current_user
 
 from portal.access import administered_organizations
 from portal.extensions import db
-from portal.views import auth, errors, formatting, health, orgs, security, usage
+from portal.views import auth, errors, formatting, health, live_region, orgs, security, usage
 
 
 def init_app(app: Flask) -> None:
@@ -16,6 +16,7 @@ def init_app(app: Flask) -> None:
     for module in (health, auth, usage, orgs):
         app.register_blueprint(module.blueprint)
     errors.register_error_handlers(app)
+    live_region.init_app(app)
 
     @app.context_processor
     def navigation() -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from hashlib import sha512
 
 from flask import Flask, Request, Response, redirect, request, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
@@ -118,6 +119,28 @@ def unauthorized() -> Response:
 login_manager.unauthorized_handler(unauthorized)
 
 
+def session_identifier(client_address: str | None, user_agent: str | None) -> str:
+    """What Flask-Login's session protection binds a session to: the client's address and browser.
+
+    ``client_address`` is the ``X-Forwarded-For`` header when there is one
+    (its first address counts), else the peer's address. Computed exactly as
+    Flask-Login 0.6 does, so sessions signed in before stay valid; kept here
+    so the live region's layer in front of Flask (``portal.views.live_region``)
+    checks the very value Flask-Login does.
+    """
+    address = client_address.encode().split(b",")[0].strip() if client_address is not None else None
+    agent = user_agent.encode() if user_agent is not None else None
+    # Flask-Login formats the bytes themselves: "b'203.0.113.7'|b'Mozilla/5.0'".
+    return sha512(f"{address!r}|{agent!r}".encode()).hexdigest()
+
+
+def _request_session_identifier() -> str:
+    return session_identifier(
+        request.headers.get("X-Forwarded-For", request.remote_addr),
+        request.headers.get("User-Agent"),
+    )
+
+
 class CookieSessions(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, at no cost to requests that carry no session cookie.
 
@@ -136,4 +159,5 @@ def init_app(app: Flask) -> None:
     reads.init_app(app)
     login_manager.init_app(app)
     login_manager.anonymous_user = AnonymousUserMixin
+    login_manager._session_identifier_generator = _request_session_identifier
     app.after_request(add_security_headers)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime
-
-from flask import Blueprint, Response, g, make_response, render_template, request
+from flask import Blueprint, Response, current_app, g, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import Connection
 
@@ -13,33 +10,11 @@ from portal.extensions import db
 from portal.usage import UnknownUser, UsageStatus, get_usage_history
 from portal.usage.status import current_usage_status
 from portal.views.charts import history_chart
+from portal.views.live_region import POLL_SECONDS, live_region_answer, now, render_region
 from portal.views.reads import read_connection
 from portal.views.security import SignedInUser, read_user_with, unauthorized
 
 blueprint = Blueprint("usage", __name__)
-
-POLL_SECONDS = 10
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def status_etag(status: UsageStatus) -> str:
-    """Changes whenever anything the live region shows changes."""
-    facts = (
-        status.plan.id,
-        status.subject,
-        status.period.start,
-        # Two anchors can start a period on the same day and end it on different ones.
-        status.period.end,
-        status.used,
-        status.included,
-        status.member_used,
-        status.days_remaining,
-        status.projected_used,
-    )
-    return hashlib.sha256(repr(facts).encode()).hexdigest()[:20]
 
 
 def _user_with_usage(connection: Connection, user_id: int) -> SignedInUser | None:
@@ -49,7 +24,7 @@ def _user_with_usage(connection: Connection, user_id: int) -> SignedInUser | Non
     every open dashboard, need one round trip to the database instead of two.
     """
     try:
-        status = current_usage_status(connection, user_id, _now())
+        status = current_usage_status(connection, user_id, now())
     except UnknownUser:
         return None
     g.signed_in_usage = status
@@ -63,7 +38,7 @@ def _signed_in_status() -> UsageStatus | None:
         return loaded
     # The user came from elsewhere (signed in during this request, say).
     try:
-        return current_usage_status(read_connection(), current_user.id, _now())
+        return current_usage_status(read_connection(), current_user.id, now())
     except UnknownUser:
         return None
 
@@ -75,30 +50,32 @@ def dashboard() -> Response | str:
     status = _signed_in_status()
     if status is None:
         return unauthorized()
-    return render_template("usage/dashboard.html", status=status, poll_seconds=POLL_SECONDS)
+    return render_template(
+        "usage/dashboard.html",
+        status=status,
+        poll_seconds=POLL_SECONDS,
+        poll_url=url_for("usage.current"),
+    )
 
 
 @blueprint.get("/usage/current")
 @login_required
 def current() -> Response:
-    """The live usage region alone, for HTMX polling; 304 when nothing changed."""
+    """The live usage region alone, for HTMX polling; 304 when nothing changed.
+
+    Most polls are answered in front of Flask by ``LiveRegionEndpoint`` with
+    the same parts; this view answers the rest (see ``portal.views.live_region``).
+    """
     status = _signed_in_status()
     if status is None:
         return unauthorized()
-    etag = status_etag(status)
-    if request.if_none_match.contains(etag):
-        response = make_response("", 304)
-    else:
-        response = make_response(
-            render_template(
-                "partials/usage/_current.html", status=status, poll_seconds=POLL_SECONDS
-            )
-        )
-    response.set_etag(etag)
-    # Revalidate every time: the bar must never be stale, but an unchanged
-    # one costs a 304 and no rendering.
-    response.headers["Cache-Control"] = "private, no-cache"
-    return response
+    poll_url = url_for("usage.current")
+    answer = live_region_answer(
+        status,
+        request.headers.get("If-None-Match"),
+        lambda current: render_region(current_app.jinja_env, current, poll_url),
+    )
+    return Response(answer.body, answer.status, answer.headers)
 
 
 read_user_with("usage.dashboard", _user_with_usage)
@@ -109,6 +86,6 @@ read_user_with("usage.current", _user_with_usage)
 @login_required
 def history() -> str:
     """The last 12 billing periods: chart and table."""
-    history = get_usage_history(db.session(), current_user.id, _now())
+    history = get_usage_history(db.session(), current_user.id, now())
     chart = history_chart(history.periods, [row.included for row in history.periods])
     return render_template("usage/history.html", history=history, chart=chart)

@@ -12,10 +12,12 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
+import jinja2
 import pytest
-from flask import Flask, template_rendered
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Connection, delete, event
 from sqlalchemy.orm import Session
@@ -24,6 +26,7 @@ from portal.extensions import db
 from portal.models import User
 from portal.usage import UnknownUser, UsageStatus, check_usage, record_usage
 from portal.usage.status import current_usage_status
+from portal.views.security import session_identifier
 from tests.factories import make_org, make_user
 from tests.views.conftest import PASSWORD
 
@@ -135,19 +138,21 @@ def test_live_region_shows_the_numbers_check_usage_gives(
 
 
 def test_unchanged_region_answers_304_without_rendering(
-    app: Flask, session: Session, signed_in: SignIn
+    session: Session, signed_in: SignIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user = make_user(session, plan="pro", password=PASSWORD)
     session.commit()
     client = signed_in(user.email)
     etag = client.get("/usage/current").headers["ETag"]
     rendered: list[str] = []
+    render = jinja2.Template.render
 
-    def record(sender: Flask, template: object, **extra: object) -> None:
-        rendered.append(str(getattr(template, "name", template)))
+    def record(template: jinja2.Template, *args: Any, **kwargs: Any) -> str:
+        rendered.append(str(template.name))
+        return render(template, *args, **kwargs)
 
-    with template_rendered.connected_to(record, app):
-        again = client.get("/usage/current", headers={"If-None-Match": etag})
+    monkeypatch.setattr(jinja2.Template, "render", record)
+    again = client.get("/usage/current", headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.data == b"" and rendered == []
     assert again.headers["ETag"] == etag and again.headers["Cache-Control"] == "private, no-cache"
     assert again.headers["Content-Security-Policy"]  # security headers on every answer
@@ -242,3 +247,178 @@ def test_a_poll_reads_the_user_and_the_usage_in_one_statement(
     with statements_sent() as unchanged:
         assert client.get("/usage/current", headers={"If-None-Match": etag}).status_code == 304
     assert (len(fresh), len(unchanged)) == (1, 1), (fresh, unchanged)
+
+
+# The layer in front of Flask (``portal.views.live_region``): it answers the
+# common poll itself, exactly as the view would, and leaves every other case to
+# the view.
+
+
+@contextmanager
+def view_calls(app: Flask) -> Iterator[list[str]]:
+    """The paths the Flask view of ``/usage/current`` answered meanwhile."""
+    calls: list[str] = []
+    view = app.view_functions["usage.current"]
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        from flask import request
+
+        calls.append(request.path)
+        return view(*args, **kwargs)
+
+    app.view_functions["usage.current"] = counted
+    try:
+        yield calls
+    finally:
+        app.view_functions["usage.current"] = view
+
+
+def flask_alone(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on the test client reaches Flask itself, without any layer in front of it."""
+    monkeypatch.setattr(app, "wsgi_app", partial(Flask.wsgi_app, app))
+
+
+@pytest.mark.parametrize("script_root", ["", "/portal"])
+def test_the_layer_answers_a_poll_byte_for_byte_as_the_view_would(
+    app: Flask,
+    session: Session,
+    signed_in: SignIn,
+    monkeypatch: pytest.MonkeyPatch,
+    script_root: str,
+) -> None:
+    org = make_org(session, plan="team", seats=2)
+    user = make_user(session, org=org, password=PASSWORD)
+    session.commit()
+    use(session, user.id, 81, datetime.now(UTC))  # a warning: the alert is rendered too
+    client = signed_in(user.email)
+    environ = {"base_url": f"http://localhost{script_root}"}
+
+    with view_calls(app) as calls:
+        fresh = client.get("/usage/current", **environ)
+        etag = fresh.headers["ETag"]
+        unchanged = client.get("/usage/current", headers={"If-None-Match": etag}, **environ)
+    assert calls == [], "the layer in front of Flask should have answered both polls"
+    assert fresh.status_code == 200 and unchanged.status_code == 304
+    assert f'hx-get="{script_root}/usage/current"' in fresh.get_data(as_text=True)
+    assert "Set-Cookie" not in fresh.headers
+
+    flask_alone(app, monkeypatch)
+    with view_calls(app) as calls:
+        by_view = client.get("/usage/current", **environ)
+        unchanged_by_view = client.get("/usage/current", headers={"If-None-Match": etag}, **environ)
+    assert len(calls) == 2
+    for layer, view in ((fresh, by_view), (unchanged, unchanged_by_view)):
+        assert layer.status_code == view.status_code
+        assert sorted(layer.headers.items()) == sorted(view.headers.items())
+        assert layer.data == view.data
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no cookie", "forged cookie", "another browser", "another address", "HEAD"],
+)
+def test_the_view_answers_what_the_layer_does_not_take(
+    app: Flask, session: Session, signed_in: SignIn, case: str
+) -> None:
+    user = make_user(session, plan="pro", password=PASSWORD)
+    session.commit()
+    client = signed_in(user.email)
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    headers = {"HX-Request": "true"}
+    method = "GET"
+    if case == "no cookie":
+        client.delete_cookie("session")
+    elif case == "forged cookie":
+        client.set_cookie(
+            "session", cookie.value[:-2] + ("AA" if cookie.value[-2:] != "AA" else "BB")
+        )
+    elif case == "another browser":
+        headers["User-Agent"] = "Another/1.0"
+    elif case == "another address":
+        headers["X-Forwarded-For"] = "203.0.113.9"
+    else:
+        method = "HEAD"
+
+    with view_calls(app) as calls:
+        poll = client.open("/usage/current", method=method, headers=headers)
+    assert calls == ["/usage/current"]
+    if case in ("no cookie", "forged cookie"):
+        assert poll.status_code == 401 and poll.headers["HX-Redirect"] == "/login"
+    elif case == "HEAD":
+        assert poll.status_code == 200 and poll.data == b""
+    else:
+        # Session protection ("basic") keeps the user signed in but marks the
+        # session no longer fresh, which rewrites the cookie: the view's work.
+        assert poll.status_code == 200 and "Set-Cookie" in poll.headers
+        assert b'data-testid="used"' in poll.data
+
+
+def test_a_deleted_account_is_left_to_the_view(
+    app: Flask, session: Session, signed_in: SignIn
+) -> None:
+    user = make_user(session, plan="pro", password=PASSWORD)
+    session.commit()
+    client = signed_in(user.email)
+    session.execute(delete(User).where(User.id == user.id))
+    session.commit()
+    with view_calls(app) as calls:
+        poll = client.get("/usage/current", headers={"HX-Request": "true"})
+    assert calls == ["/usage/current"]
+    assert poll.status_code == 401 and poll.headers["HX-Redirect"] == "/login"
+
+
+def test_a_failure_in_front_of_flask_is_logged_and_the_view_answers(
+    app: Flask,
+    session: Session,
+    signed_in: SignIn,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    user = make_user(session, plan="pro", password=PASSWORD)
+    session.commit()
+    use(session, user.id, 5, datetime.now(UTC))
+    client = signed_in(user.email)
+
+    def broken(*args: object) -> UsageStatus:
+        raise RuntimeError("the layer broke")
+
+    monkeypatch.setattr("portal.views.live_region.current_usage_status", broken)
+    with view_calls(app) as calls, caplog.at_level("ERROR", logger="portal.views.live_region"):
+        poll = client.get("/usage/current")
+    assert calls == ["/usage/current"]
+    assert poll.status_code == 200 and b'<strong data-testid="used">5</strong>' in poll.data
+    assert [record.exc_info[1] for record in caplog.records if record.exc_info] != []
+    assert "the layer broke" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("forwarded_for", "remote_addr", "user_agent"),
+    [
+        (None, "127.0.0.1", "Mozilla/5.0"),
+        ("203.0.113.7, 10.0.0.1", "10.0.0.1", "Mozilla/5.0"),
+        (None, "::1", None),
+        ("  198.51.100.2  ", "127.0.0.1", "Agent/1 (\xe9t\xe9)"),
+    ],
+)
+def test_sessions_are_bound_to_the_client_as_flask_login_binds_them(
+    app: Flask, forwarded_for: str | None, remote_addr: str, user_agent: str | None
+) -> None:
+    """Sessions signed in under Flask-Login's own identifier stay valid, in the layer too."""
+    from flask_login.utils import _create_identifier
+
+    headers = {
+        name: value
+        for name, value in (("X-Forwarded-For", forwarded_for), ("User-Agent", user_agent))
+        if value is not None
+    }
+    with app.test_request_context(headers=headers, environ_base={"REMOTE_ADDR": remote_addr}):
+        from flask import request
+
+        assert (
+            session_identifier(
+                request.environ.get("HTTP_X_FORWARDED_FOR", request.environ["REMOTE_ADDR"]),
+                request.environ.get("HTTP_USER_AGENT"),
+            )
+            == _create_identifier()
+        )
