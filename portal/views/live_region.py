@@ -99,7 +99,7 @@ def live_region_answer(
     headers = [("ETag", quote_etag(etag)), ("Cache-Control", CACHE_CONTROL)]
     if parse_etags(if_none_match).contains(etag):
         return Answer(304, headers, b"")
-    return Answer(200, headers, render(status).encode())
+    return Answer(200, headers + [("Content-Type", HTML)], render(status).encode())
 
 
 class LiveRegionEndpoint:
@@ -132,8 +132,8 @@ class LiveRegionEndpoint:
         if answer is None:
             return self._downstream(environ, start_response)
         headers = answer.headers + [("Vary", "Cookie")]
-        if answer.status == 200:  # a 304 has no body to describe
-            headers += [("Content-Type", HTML), ("Content-Length", str(len(answer.body)))]
+        if answer.status == 200:  # a 304 has no body to measure
+            headers.append(("Content-Length", str(len(answer.body))))
         present = {name.lower() for name, _ in headers}
         secure = environ.get("wsgi.url_scheme") == "https"
         start_response(
