@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 from itsdangerous import BadSignature
 from jinja2 import Environment
-from werkzeug.http import HTTP_STATUS_CODES, parse_cookie, parse_etags, quote_etag
+from werkzeug.http import HTTP_STATUS_CODES, parse_etags, quote_etag
+from werkzeug.sansio.http import parse_cookie
 
 from portal.extensions import db, login_manager
 from portal.usage import UnknownUser, UsageStatus
@@ -108,27 +109,35 @@ class LiveRegionEndpoint:
     def __init__(self, app: Flask, downstream: WSGIApplication) -> None:
         with app.app_context():
             self._engine = db.engine
-        self._templates = app.jinja_env
-        interface = app.session_interface
-        # The very serializer (secret key, fallbacks, salt) Flask opens sessions with.
-        self._sessions = interface.get_signing_serializer(app)  # type: ignore[attr-defined]
-        self._cookie_name = interface.get_cookie_name(app)
-        self._max_age = int(app.permanent_session_lifetime.total_seconds())
-        protection = app.config.get("SESSION_PROTECTION", login_manager.session_protection)
-        self._protected = protection in ("basic", "strong")
+        self._app = app
+        self._signing: tuple[tuple[Any, ...], Any] = ((), None)
         self._downstream = downstream
+
+    def _serializer(self) -> Any:
+        """The very serializer Flask opens sessions with, rebuilt when its keys change.
+
+        Flask builds one per request from the app's settings; building it
+        only when the secret key or its fallbacks change keeps a key rotated
+        at run time in force here too.
+        """
+        app = self._app
+        keys = (app.secret_key, *(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        built_for, serializer = self._signing
+        if keys != built_for:
+            serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+            self._signing = (keys, serializer)
+        return serializer
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "GET":
             return self._downstream(environ, start_response)
-        user_id = self._signed_in_user(environ)
-        answer = None
-        if user_id is not None:
-            try:
-                answer = self._answer(environ, user_id)
-            except Exception:
-                # The view will answer (or fail) with the site's own error page.
-                log.exception("the live region failed in front of Flask; the view answers")
+        try:
+            user_id = self._signed_in_user(environ)
+            answer = self._answer(environ, user_id) if user_id is not None else None
+        except Exception:
+            # The view will answer (or fail) with the site's own error page.
+            log.exception("the live region failed in front of Flask; the view answers")
+            answer = None
         if answer is None:
             return self._downstream(environ, start_response)
         headers = answer.headers + [("Vary", "Cookie")]
@@ -143,19 +152,32 @@ class LiveRegionEndpoint:
         return [answer.body]
 
     def _signed_in_user(self, environ: WSGIEnvironment) -> int | None:
-        """The session's user id, if Flask-Login would take the session as it is; else ``None``."""
-        cookie = parse_cookie(environ.get("HTTP_COOKIE")).get(self._cookie_name)
-        if not cookie or self._sessions is None:
+        """The session's user id, if Flask-Login would take the session as it is; else ``None``.
+
+        Every setting is read per request, as Flask and Flask-Login read them.
+        """
+        app = self._app
+        # The cookie parser Flask's own ``request.cookies`` uses.
+        cookies = parse_cookie(environ.get("HTTP_COOKIE", ""))
+        cookie = cookies.get(app.session_interface.get_cookie_name(app))
+        serializer = self._serializer() if cookie else None
+        if serializer is None:
             return None
+        max_age = int(app.permanent_session_lifetime.total_seconds())
         try:
-            session: Any = self._sessions.loads(cookie, max_age=self._max_age)
+            session: Any = serializer.loads(cookie, max_age=max_age)
         except BadSignature:  # forged, or older than the session lifetime
             return None
         if not isinstance(session, dict):
             return None
-        if session.get("_permanent") or "_remember" in session:
-            return None  # Flask would rewrite the cookie on the way out
-        if self._protected and session.get("_id") != session_identifier(
+        if (
+            session.get("_permanent")
+            or "_remember" in session
+            or app.config.get("REMEMBER_COOKIE_REFRESH_EACH_REQUEST")
+        ):
+            return None  # Flask would rewrite a cookie on the way out
+        protection = app.config.get("SESSION_PROTECTION", login_manager.session_protection)
+        if protection in ("basic", "strong") and session.get("_id") != session_identifier(
             environ.get("HTTP_X_FORWARDED_FOR", environ.get("REMOTE_ADDR")),
             environ.get("HTTP_USER_AGENT"),
         ):
@@ -171,11 +193,11 @@ class LiveRegionEndpoint:
                 status = current_usage_status(connection, user_id, now())
             except UnknownUser:
                 return None  # the view signs the deleted account out
-        poll_url = environ.get("SCRIPT_NAME", "") + PATH
+        poll_url = environ.get("SCRIPT_NAME", "").rstrip("/") + PATH  # as Flask's script_root
         return live_region_answer(
             status,
             environ.get("HTTP_IF_NONE_MATCH"),
-            lambda current: render_region(self._templates, current, poll_url),
+            lambda current: render_region(self._app.jinja_env, current, poll_url),
         )
 
 

@@ -278,12 +278,21 @@ def flask_alone(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app, "wsgi_app", partial(Flask.wsgi_app, app))
 
 
-@pytest.mark.parametrize("script_root", ["", "/portal"])
+@pytest.mark.parametrize(
+    ("where", "script_root"),
+    [
+        ({}, ""),
+        ({"base_url": "http://localhost/portal"}, "/portal"),
+        # Mounted with a trailing slash: Flask's links drop it.
+        ({"environ_overrides": {"SCRIPT_NAME": "/portal/"}}, "/portal"),
+    ],
+)
 def test_the_layer_answers_a_poll_byte_for_byte_as_the_view_would(
     app: Flask,
     session: Session,
     signed_in: SignIn,
     monkeypatch: pytest.MonkeyPatch,
+    where: dict[str, Any],
     script_root: str,
 ) -> None:
     org = make_org(session, plan="team", seats=2)
@@ -291,7 +300,7 @@ def test_the_layer_answers_a_poll_byte_for_byte_as_the_view_would(
     session.commit()
     use(session, user.id, 81, datetime.now(UTC))  # a warning: the alert is rendered too
     client = signed_in(user.email)
-    environ = {"base_url": f"http://localhost{script_root}"}
+    environ = where
 
     with view_calls(app) as calls:
         fresh = client.get("/usage/current", **environ)
@@ -362,6 +371,41 @@ def test_a_deleted_account_is_left_to_the_view(
     client = signed_in(user.email)
     session.execute(delete(User).where(User.id == user.id))
     session.commit()
+    with view_calls(app) as calls:
+        poll = client.get("/usage/current", headers={"HX-Request": "true"})
+    assert calls == ["/usage/current"]
+    assert poll.status_code == 401 and poll.headers["HX-Redirect"] == "/login"
+
+
+def test_a_cookie_that_is_not_utf8_is_passed_over_as_flask_passes_it_over(
+    app: Flask, session: Session, signed_in: SignIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another application's cookie on the domain, in Latin-1, must not break the poll."""
+    user = make_user(session, plan="pro", password=PASSWORD)
+    session.commit()
+    signed_in_cookie = signed_in(user.email).get_cookie("session")
+    assert signed_in_cookie is not None
+    client = app.test_client(use_cookies=False)  # sends the Cookie header as given
+    headers = {"Cookie": f"other-app=caf\xe9; session={signed_in_cookie.value}"}
+
+    with view_calls(app) as calls:
+        by_layer = client.get("/usage/current", headers=headers)
+    assert calls == [] and by_layer.status_code == 200
+    flask_alone(app, monkeypatch)
+    by_view = client.get("/usage/current", headers=headers)
+    assert sorted(by_layer.headers.items()) == sorted(by_view.headers.items())
+    assert by_layer.data == by_view.data
+
+
+def test_a_secret_key_rotated_at_run_time_signs_old_sessions_out(
+    app: Flask, session: Session, signed_in: SignIn
+) -> None:
+    user = make_user(session, plan="pro", password=PASSWORD)
+    session.commit()
+    client = signed_in(user.email)
+    assert client.get("/usage/current").status_code == 200
+
+    app.config["SECRET_KEY"] = "a new secret key, the old one leaked"
     with view_calls(app) as calls:
         poll = client.get("/usage/current", headers={"HX-Request": "true"})
     assert calls == ["/usage/current"]
