@@ -19,6 +19,7 @@ import jinja2
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import Connection, delete, event
 from sqlalchemy.orm import Session
 
@@ -332,6 +333,8 @@ def test_the_view_answers_what_the_layer_does_not_take(
     user = make_user(session, plan="pro", password=PASSWORD)
     session.commit()
     client = signed_in(user.email)
+    # The layer has verified (and remembers) the genuine cookie.
+    assert client.get("/usage/current").status_code == 200
     cookie = client.get_cookie("session")
     assert cookie is not None
     headers = {"HX-Request": "true"}
@@ -406,6 +409,33 @@ def test_a_secret_key_rotated_at_run_time_signs_old_sessions_out(
     assert client.get("/usage/current").status_code == 200
 
     app.config["SECRET_KEY"] = "a new secret key, the old one leaked"
+    with view_calls(app) as calls:
+        poll = client.get("/usage/current", headers={"HX-Request": "true"})
+    assert calls == ["/usage/current"]
+    assert poll.status_code == 401 and poll.headers["HX-Redirect"] == "/login"
+
+
+def test_a_session_verified_once_is_not_verified_again_but_still_expires(
+    app: Flask, session: Session, signed_in: SignIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = make_user(session, plan="pro", password=PASSWORD)
+    session.commit()
+    client = signed_in(user.email)
+    verifications: list[str] = []
+    loads = URLSafeTimedSerializer.loads
+
+    def counted(serializer: URLSafeTimedSerializer, *args: Any, **kwargs: Any) -> Any:
+        verifications.append("loads")
+        return loads(serializer, *args, **kwargs)
+
+    monkeypatch.setattr(URLSafeTimedSerializer, "loads", counted)
+    with view_calls(app) as calls:
+        for _ in range(3):
+            assert client.get("/usage/current").status_code == 200
+    assert calls == [] and verifications == ["loads"]
+
+    # Sessions now last less than their age: the remembered one has expired too.
+    app.permanent_session_lifetime = timedelta(seconds=-1)
     with view_calls(app) as calls:
         poll = client.get("/usage/current", headers={"HX-Request": "true"})
     assert calls == ["/usage/current"]
