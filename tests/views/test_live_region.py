@@ -274,6 +274,26 @@ def view_calls(app: Flask) -> Iterator[list[str]]:
         app.view_functions["usage.current"] = view
 
 
+def a_pro_user_signed_in(session: Session, signed_in: SignIn) -> tuple[User, FlaskClient]:
+    user = make_user(session, plan="pro", password=PASSWORD)
+    session.commit()
+    return user, signed_in(user.email)
+
+
+def assert_the_view_signs_the_poll_out(app: Flask, client: FlaskClient) -> None:
+    """The layer left the poll to the view, which sent the browser to /login."""
+    with view_calls(app) as calls:
+        poll = client.get("/usage/current", headers={"HX-Request": "true"})
+    assert calls == ["/usage/current"]
+    assert poll.status_code == 401 and poll.headers["HX-Redirect"] == "/login"
+
+
+def assert_same_answer(layer: Any, view: Any) -> None:
+    assert layer.status_code == view.status_code
+    assert sorted(layer.headers.items()) == sorted(view.headers.items())
+    assert layer.data == view.data
+
+
 def flask_alone(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on the test client reaches Flask itself, without any layer in front of it."""
     monkeypatch.setattr(app, "wsgi_app", partial(Flask.wsgi_app, app))
@@ -317,10 +337,8 @@ def test_the_layer_answers_a_poll_byte_for_byte_as_the_view_would(
         by_view = client.get("/usage/current", **environ)
         unchanged_by_view = client.get("/usage/current", headers={"If-None-Match": etag}, **environ)
     assert len(calls) == 2
-    for layer, view in ((fresh, by_view), (unchanged, unchanged_by_view)):
-        assert layer.status_code == view.status_code
-        assert sorted(layer.headers.items()) == sorted(view.headers.items())
-        assert layer.data == view.data
+    assert_same_answer(fresh, by_view)
+    assert_same_answer(unchanged, unchanged_by_view)
 
 
 @pytest.mark.parametrize(
@@ -330,9 +348,7 @@ def test_the_layer_answers_a_poll_byte_for_byte_as_the_view_would(
 def test_the_view_answers_what_the_layer_does_not_take(
     app: Flask, session: Session, signed_in: SignIn, case: str
 ) -> None:
-    user = make_user(session, plan="pro", password=PASSWORD)
-    session.commit()
-    client = signed_in(user.email)
+    _, client = a_pro_user_signed_in(session, signed_in)
     # The layer has verified (and remembers) the genuine cookie.
     assert client.get("/usage/current").status_code == 200
     cookie = client.get_cookie("session")
@@ -369,15 +385,10 @@ def test_the_view_answers_what_the_layer_does_not_take(
 def test_a_deleted_account_is_left_to_the_view(
     app: Flask, session: Session, signed_in: SignIn
 ) -> None:
-    user = make_user(session, plan="pro", password=PASSWORD)
-    session.commit()
-    client = signed_in(user.email)
+    user, client = a_pro_user_signed_in(session, signed_in)
     session.execute(delete(User).where(User.id == user.id))
     session.commit()
-    with view_calls(app) as calls:
-        poll = client.get("/usage/current", headers={"HX-Request": "true"})
-    assert calls == ["/usage/current"]
-    assert poll.status_code == 401 and poll.headers["HX-Redirect"] == "/login"
+    assert_the_view_signs_the_poll_out(app, client)
 
 
 def test_a_cookie_that_is_not_utf8_is_passed_over_as_flask_passes_it_over(
@@ -396,31 +407,23 @@ def test_a_cookie_that_is_not_utf8_is_passed_over_as_flask_passes_it_over(
     assert calls == [] and by_layer.status_code == 200
     flask_alone(app, monkeypatch)
     by_view = client.get("/usage/current", headers=headers)
-    assert sorted(by_layer.headers.items()) == sorted(by_view.headers.items())
-    assert by_layer.data == by_view.data
+    assert_same_answer(by_layer, by_view)
 
 
 def test_a_secret_key_rotated_at_run_time_signs_old_sessions_out(
     app: Flask, session: Session, signed_in: SignIn
 ) -> None:
-    user = make_user(session, plan="pro", password=PASSWORD)
-    session.commit()
-    client = signed_in(user.email)
+    _, client = a_pro_user_signed_in(session, signed_in)
     assert client.get("/usage/current").status_code == 200
 
     app.config["SECRET_KEY"] = "a new secret key, the old one leaked"
-    with view_calls(app) as calls:
-        poll = client.get("/usage/current", headers={"HX-Request": "true"})
-    assert calls == ["/usage/current"]
-    assert poll.status_code == 401 and poll.headers["HX-Redirect"] == "/login"
+    assert_the_view_signs_the_poll_out(app, client)
 
 
 def test_a_session_verified_once_is_not_verified_again_but_still_expires(
     app: Flask, session: Session, signed_in: SignIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    user = make_user(session, plan="pro", password=PASSWORD)
-    session.commit()
-    client = signed_in(user.email)
+    _, client = a_pro_user_signed_in(session, signed_in)
     verifications: list[str] = []
     loads = URLSafeTimedSerializer.loads
 
@@ -436,10 +439,7 @@ def test_a_session_verified_once_is_not_verified_again_but_still_expires(
 
     # Sessions now last less than their age: the remembered one has expired too.
     app.permanent_session_lifetime = timedelta(seconds=-1)
-    with view_calls(app) as calls:
-        poll = client.get("/usage/current", headers={"HX-Request": "true"})
-    assert calls == ["/usage/current"]
-    assert poll.status_code == 401 and poll.headers["HX-Redirect"] == "/login"
+    assert_the_view_signs_the_poll_out(app, client)
 
 
 def test_a_failure_in_front_of_flask_is_logged_and_the_view_answers(
