@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from flask import Flask
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
-from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_input_stream
 
 from portal.api import admission
@@ -41,7 +40,7 @@ from portal.apikeys import ApiKeyRevoked, forget_key, hash_key
 from portal.extensions import db
 from portal.usage import IdempotencyKeyReused, InvalidUsage, RecordResult, UnknownUser
 from portal.usage.recording import record_request
-from portal.views.security import missing_security_headers
+from portal.views.security import start_secure_response
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -113,12 +112,7 @@ class RecordEventEndpoint:
         status, headers, document = self._answer(environ)
         body = (self._dumps(document, separators=(",", ":")) + "\n").encode()
         headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        present = {name.lower() for name, _ in headers}
-        secure = environ.get("wsgi.url_scheme") == "https"
-        start_response(
-            f"{status} {HTTP_STATUS_CODES[status]}",
-            headers + missing_security_headers(present, secure),
-        )
+        start_secure_response(environ, start_response, status, headers)
         return [body]
 
     def _answer(self, environ: WSGIEnvironment) -> tuple[int, list[tuple[str, str]], Any]:

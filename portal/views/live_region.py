@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 from itsdangerous import BadSignature
 from jinja2 import Environment
-from werkzeug.http import HTTP_STATUS_CODES, parse_etags, quote_etag
+from werkzeug.http import parse_etags, quote_etag
 from werkzeug.sansio.http import parse_cookie
 
 from portal.extensions import db, login_manager
 from portal.usage import UnknownUser, UsageStatus
 from portal.usage.status import current_usage_status
-from portal.views.security import missing_security_headers, session_identifier
+from portal.views.security import session_identifier, start_secure_response
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -158,12 +158,7 @@ class LiveRegionEndpoint:
         headers = answer.headers + [("Vary", "Cookie")]
         if answer.status == 200:  # a 304 has no body to measure
             headers.append(("Content-Length", str(len(answer.body))))
-        present = {name.lower() for name, _ in headers}
-        secure = environ.get("wsgi.url_scheme") == "https"
-        start_response(
-            f"{answer.status} {HTTP_STATUS_CODES[answer.status]}",
-            headers + missing_security_headers(present, secure),
-        )
+        start_secure_response(environ, start_response, answer.status, headers)
         return [answer.body]
 
     def _signed_in_user(self, environ: WSGIEnvironment) -> int | None:

@@ -5,15 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import sha512
+from typing import TYPE_CHECKING
 
 from flask import Flask, Request, Response, redirect, request, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_login import AnonymousUserMixin, UserMixin
 from sqlalchemy import Connection
+from werkzeug.http import HTTP_STATUS_CODES
 
 from portal.extensions import login_manager
 from portal.identities import find_identity
 from portal.views import reads
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 # No inline script or style anywhere: htmx's own indicator styles are turned
 # off in base.html, and bars are <progress> elements rather than styled divs.
@@ -53,6 +58,26 @@ def missing_security_headers(present: set[str], secure: bool) -> list[tuple[str,
     if secure and HSTS[0].lower() not in present:
         missing.append(HSTS)
     return missing
+
+
+def start_secure_response(
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    status: int,
+    headers: list[tuple[str, str]],
+) -> None:
+    """Start the answer of a WSGI layer in front of Flask, with the headers Flask's answers get.
+
+    ``add_security_headers`` does this for Flask's responses; the layers in
+    front of it (``portal.api.record_event``, ``portal.views.live_region``)
+    call this instead.
+    """
+    present = {name.lower() for name, _ in headers}
+    secure = environ.get("wsgi.url_scheme") == "https"
+    start_response(
+        f"{status} {HTTP_STATUS_CODES[status]}",
+        headers + missing_security_headers(present, secure),
+    )
 
 
 def add_security_headers(response: Response) -> Response:
