@@ -21,6 +21,8 @@ a scratch database of its own (``pgbench -i -s 16``) and gives the baseline:
 right before and right after each single-event run, whose ratio is taken to
 the mean of the two. A shared machine's speed drifts over a run of minutes;
 a baseline measured once, minutes away, would tilt the ratios with it.
+Single events run ``BENCH_API_ROUNDS`` times per setting (default 3), taking
+turns with pgbench; a setting's ratio is the median of its rounds'.
 The runs take turns so they never share the CPU.
 
 After every wrk run the database must hold exactly what the responses said:
@@ -38,7 +40,8 @@ in the report: rerun it on a quiet machine.
 
 Settings: ``BENCH_DATABASE_URL``, ``BENCH_SECONDS``, ``BENCH_WARMUP_SECONDS``
 and ``BENCH_PGBENCH`` as in ``bench.record_usage``; ``BENCH_WRK`` (path of wrk;
-default: found on ``PATH``).
+default: found on ``PATH``); ``BENCH_API_ROUNDS`` (single-event rounds per
+gunicorn setting; default 3).
 """
 
 from __future__ import annotations
@@ -58,9 +61,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -289,6 +292,8 @@ class Settings:
     admin_url: URL
     seconds: int
     warmup: int
+    rounds: int
+    """Measured single-event runs per gunicorn setting, each between two pgbench runs."""
     pgbench: str
     wrk: str
 
@@ -411,6 +416,14 @@ class WorkloadResult:
     setting: ServerSetting
     measured: WrkResult
     checks: tuple[Check, ...]
+    baseline: Baseline | None = None
+    """pgbench right before and right after this run (single events only)."""
+
+    @property
+    def ratio(self) -> float:
+        """Requests per second over the mean of the pgbench runs around this one."""
+        assert self.baseline is not None, "only single-event runs have a baseline"
+        return self.requests_per_second / self.baseline.tps
 
     @property
     def requests_per_second(self) -> float:
@@ -454,6 +467,7 @@ def load_settings() -> Settings:
         admin_url=admin_database_url(),
         seconds=_int_setting("BENCH_SECONDS", 10, 1),
         warmup=_int_setting("BENCH_WARMUP_SECONDS", 2, 0),
+        rounds=_int_setting("BENCH_API_ROUNDS", 3, 1, unit="rounds"),
         pgbench=_find_pgbench(),
         wrk=_find_wrk(),
     )
@@ -930,15 +944,19 @@ def run_workload(
     engine: Engine,
     workload: Workload,
     script: Path,
+    *,
+    warm_up: bool = True,
+    round_label: str = "",
 ) -> WorkloadResult:
-    """Warm-up then the measured run; the database checked after each."""
+    """Warm-up (unless ``warm_up`` is false), then the measured run; each checked in the DB."""
     in_flight = workload.connections * workload.events_per_request
     checks = []
     measured: WrkResult | None = None
-    for phase, seconds in (("warm-up", settings.warmup), ("measured", settings.seconds)):
+    phases = (("warm-up", settings.warmup if warm_up else 0), ("measured", settings.seconds))
+    for phase, seconds in phases:
         if seconds == 0:
             continue
-        _log(f"{workload.key} events, {setting.label}, {phase} ({seconds} s)")
+        _log(f"{workload.key} events, {setting.label}, {phase}{round_label} ({seconds} s)")
         before = settled_counts(admin, engine)
         result = run_wrk(settings, server, admin, postmaster, workload, seconds, script)
         after = settled_counts(admin, engine)
@@ -946,6 +964,7 @@ def run_workload(
         checks.append(verify(label, before, after, result.created, in_flight))
         measured = result
     assert measured is not None
+    _warn_if_disturbed(f"{workload.key} events", measured.cpu)
     return WorkloadResult(workload, setting, measured, tuple(checks))
 
 
@@ -960,22 +979,38 @@ def _ms(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.2f}"
 
 
+def median_round(rounds: Sequence[WorkloadResult]) -> WorkloadResult:
+    """The single-event run whose ratio is the median of its setting's rounds.
+
+    With an even number of rounds, the lower of the two middle ones: a
+    verdict never rests on a run better than half of them.
+    """
+    ordered = sorted(rounds, key=lambda r: r.ratio)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def render(
     settings: Settings,
-    baselines: Mapping[ServerSetting, Baseline],
     results: Sequence[WorkloadResult],
     total_events: int,
     load_average: float,
     busy_sessions: Sequence[int],
 ) -> str:
-    def single_ratio(result: WorkloadResult) -> float:
-        return result.requests_per_second / baselines[result.setting].tps
-
-    singles = [r for r in results if r.workload is SINGLE]
-    single = max(singles, key=single_ratio)
+    rounds = {
+        setting: [r for r in results if r.workload is SINGLE and r.setting is setting]
+        for setting in SERVER_SETTINGS
+    }
+    medians = {setting: median_round(runs) for setting, runs in rounds.items()}
+    single = max(medians.values(), key=lambda r: r.ratio)
     batch = max((r for r in results if r.workload is BATCH), key=lambda r: r.events_per_second)
-    pgbench_runs = [run for baseline in baselines.values() for run in baseline.runs]
-    around_single = baselines[single.setting]
+    # Each pgbench run between two rounds is the baseline of both; count it once.
+    pgbench_runs = list(
+        {
+            id(run): run for r in results if r.baseline is not None for run in r.baseline.runs
+        }.values()
+    )
+    around_single = single.baseline
+    assert around_single is not None
     baseline = around_single.tps
     batch_baseline = sum(run.tps for run in pgbench_runs) / len(pgbench_runs)
     batch_ratio = batch.events_per_second / batch_baseline
@@ -986,14 +1021,15 @@ def render(
         "| Workload | Gunicorn | Requests/s | Events/s | Latency p50 (ms) | Latency p99 (ms) "
         "| Baseline | Ratio | Target | Result |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|:---:|",
-        f"| Baseline: `{pgbench.command}`, before and after the single events "
+        f"| Baseline: `{pgbench.command}`, before and after the median single-event run "
         f"| — | {around_single.before.tps:,.0f} and {around_single.after.tps:,.0f} tps "
         f"| — | {average} | — | — | 100% | — | — |",
         f"| {SINGLE.label} | {single.setting.label} | {single.requests_per_second:,.0f} "
         f"| {single.events_per_second:,.0f} | {single.measured.p50_ms:.2f} "
-        f"| {single.measured.p99_ms:.2f} | {baseline:,.0f} tps (mean) | {single_ratio(single):.0%} "
+        f"| {single.measured.p99_ms:.2f} | {baseline:,.0f} tps (mean) "
+        f"| {single.ratio:.0%} (median of {len(rounds[single.setting])}) "
         f"| ≥ {TARGET_SINGLE_RATIO:.0%} of pgbench "
-        f"| {_verdict(single_ratio(single) >= TARGET_SINGLE_RATIO)} |",
+        f"| {_verdict(single.ratio >= TARGET_SINGLE_RATIO)} |",
         f"| {BATCH.label} | {batch.setting.label} | {batch.requests_per_second:,.1f} "
         f"| {batch.events_per_second:,.0f} | {batch.measured.p50_ms:.2f} "
         f"| {batch.measured.p99_ms:.2f} | {batch_baseline:,.0f} tps (mean of all) "
@@ -1002,17 +1038,19 @@ def render(
         f"| {_verdict(batch.events_per_second >= TARGET_BATCH_EVENTS)} |",
     ]
     tried = [
-        "| Gunicorn | Single: requests/s | pgbench before / after (tps) | Ratio "
-        "| p50 / p99 (ms) | Batch: events/s | p50 / p99 (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| Gunicorn | Single: requests/s | pgbench before / after (tps) | Ratio (median) "
+        "| Ratio of each round | p50 / p99 (ms) | Batch: events/s | p50 / p99 (ms) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for setting in SERVER_SETTINGS:
-        by_workload = {r.workload.key: r for r in results if r.setting is setting}
-        one, many = by_workload[SINGLE.key], by_workload[BATCH.key]
-        around = baselines[setting]
+        one = medians[setting]
+        many = next(r for r in results if r.workload is BATCH and r.setting is setting)
+        around = one.baseline
+        assert around is not None
+        each = ", ".join(f"{r.ratio:.0%}" for r in rounds[setting])
         tried.append(
             f"| {setting.label} | {one.requests_per_second:,.0f} "
-            f"| {around.before.tps:,.0f} / {around.after.tps:,.0f} | {single_ratio(one):.0%} "
+            f"| {around.before.tps:,.0f} / {around.after.tps:,.0f} | {one.ratio:.0%} | {each} "
             f"| {one.measured.p50_ms:.2f} / {one.measured.p99_ms:.2f} "
             f"| {many.events_per_second:,.0f} "
             f"| {many.measured.p50_ms:.2f} / {many.measured.p99_ms:.2f} |"
@@ -1034,25 +1072,32 @@ def render(
         "| interrupts | CPUs busy |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
         cpu_row(
-            "`pgbench -N` before the fastest single events, per transaction",
+            "`pgbench -N` before the median run of the fastest setting, per transaction",
             "—",
             pgbench.cpu,
             pgbench.transactions,
         ),
     ]
+
+    def run_label(result: WorkloadResult) -> str:
+        if result.workload is not SINGLE:
+            return result.workload.label
+        return f"{result.workload.label}, round {rounds[result.setting].index(result) + 1}"
+
     for result in sorted(results, key=lambda r: WORKLOADS.index(r.workload)):
         measured = result.measured
-        cpu.append(
-            cpu_row(result.workload.label, result.setting.label, measured.cpu, measured.requests)
-        )
+        label = run_label(result)
+        cpu.append(cpu_row(label, result.setting.label, measured.cpu, measured.requests))
+    around_runs = {
+        id(run): (f"pgbench around {r.setting.label}", run.cpu)
+        for r in results
+        if r.baseline is not None
+        for run in r.baseline.runs
+    }
     disturbed = [
         label
         for label, use in [
-            *(
-                (f"pgbench around {setting.label}", run.cpu)
-                for setting, baseline in baselines.items()
-                for run in baseline.runs
-            ),
+            *around_runs.values(),
             *((f"{r.workload.key} events with {r.setting.label}", r.measured.cpu) for r in results),
         ]
         if use.disturbed
@@ -1090,6 +1135,10 @@ scratch database of the same server, in the same run, right before and right aft
 each single-event run: a shared machine's speed drifts, so each ratio is to the mean of
 the two. pgbench, wrk and gunicorn take turns, so no two measurements share the CPU
 (but wrk shares it with the server it drives, as pgbench shares it with PostgreSQL).
+Single events are measured in {settings.rounds} rounds per gunicorn setting (pgbench, wrk,
+pgbench, wrk, …, pgbench; the warm-up only before the first): a setting's ratio is the
+median of its rounds', so one stall of the machine neither makes nor breaks the verdict,
+and the second table lists every round's.
 
 - **Single events:** `POST {SINGLE.path}`, one event a request, `wrk -t {SINGLE.threads}
   -c {SINGLE.connections}`; every answer must be `201`. Target: at least
@@ -1176,7 +1225,6 @@ def run() -> str:
             return result
 
         results: list[WorkloadResult] = []
-        baselines: dict[ServerSetting, Baseline] = {}
         with tempfile.TemporaryDirectory(prefix="bench-api-") as directory:
             workdir = Path(directory)
             script = workdir / "usage_events.lua"
@@ -1186,17 +1234,32 @@ def run() -> str:
                 _log(f"starting gunicorn {setting.label}")
                 with gunicorn(setting, portal_url, api_key, workdir) as server:
                     smoke_test(server)
-                    for workload in WORKLOADS:
-                        if workload is SINGLE:
-                            before = baseline_run(f"before single events, {setting.label}")
+                    # Single events take turns with pgbench, p w p w … p: each run's
+                    # ratio is to the pgbench runs on either side of it.
+                    before = baseline_run(f"before single events, {setting.label}")
+                    for round_ in range(1, settings.rounds + 1):
                         result = run_workload(
-                            settings, server, setting, admin, postmaster, engine, workload, script
+                            settings,
+                            server,
+                            setting,
+                            admin,
+                            postmaster,
+                            engine,
+                            SINGLE,
+                            script,
+                            warm_up=round_ == 1,
+                            round_label=f", round {round_} of {settings.rounds}",
                         )
-                        if workload is SINGLE:
-                            after = baseline_run(f"after single events, {setting.label}")
-                            baselines[setting] = Baseline(before, after)
-                        _warn_if_disturbed(f"{workload.key} events", result.measured.cpu)
-                        results.append(result)
+                        after = baseline_run(
+                            f"after single events, round {round_}, {setting.label}"
+                        )
+                        results.append(replace(result, baseline=Baseline(before, after)))
+                        before = after
+                    results.append(
+                        run_workload(
+                            settings, server, setting, admin, postmaster, engine, BATCH, script
+                        )
+                    )
         total_events = verify_totals(engine)
     finally:
         if engine is not None:
@@ -1207,7 +1270,7 @@ def run() -> str:
             except OperationalError as error:
                 _log(f"could not drop database {name}: {error.orig}")
         admin.dispose()
-    return render(settings, baselines, results, total_events, load_average, busy_sessions)
+    return render(settings, results, total_events, load_average, busy_sessions)
 
 
 def _warn_if_disturbed(label: str, use: CpuUse) -> None:

@@ -166,12 +166,12 @@ def admin_database_url() -> URL:
     return url
 
 
-def _int_setting(name: str, default: int, minimum: int) -> int:
+def _int_setting(name: str, default: int, minimum: int, unit: str = "seconds") -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     if not (raw.isascii() and raw.isdigit()) or int(raw) < minimum:
-        raise BenchmarkError(f"{name} must be a whole number of seconds >= {minimum}, got {raw!r}")
+        raise BenchmarkError(f"{name} must be a whole number of {unit} >= {minimum}, got {raw!r}")
     return int(raw)
 
 
