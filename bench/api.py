@@ -989,6 +989,20 @@ def median_round(rounds: Sequence[WorkloadResult]) -> WorkloadResult:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def baseline_runs(results: Sequence[WorkloadResult]) -> list[tuple[ServerSetting, PgbenchResult]]:
+    """Every pgbench run once, with the setting it was measured around.
+
+    A run between two rounds is the baseline of both.
+    """
+    runs = {
+        id(run): (r.setting, run)
+        for r in results
+        if r.baseline is not None
+        for run in r.baseline.runs
+    }
+    return list(runs.values())
+
+
 def render(
     settings: Settings,
     results: Sequence[WorkloadResult],
@@ -1003,12 +1017,7 @@ def render(
     medians = {setting: median_round(runs) for setting, runs in rounds.items()}
     single = max(medians.values(), key=lambda r: r.ratio)
     batch = max((r for r in results if r.workload is BATCH), key=lambda r: r.events_per_second)
-    # Each pgbench run between two rounds is the baseline of both; count it once.
-    pgbench_runs = list(
-        {
-            id(run): run for r in results if r.baseline is not None for run in r.baseline.runs
-        }.values()
-    )
+    pgbench_runs = [run for _, run in baseline_runs(results)]
     around_single = single.baseline
     assert around_single is not None
     baseline = around_single.tps
@@ -1088,16 +1097,13 @@ def render(
         measured = result.measured
         label = run_label(result)
         cpu.append(cpu_row(label, result.setting.label, measured.cpu, measured.requests))
-    around_runs = {
-        id(run): (f"pgbench around {r.setting.label}", run.cpu)
-        for r in results
-        if r.baseline is not None
-        for run in r.baseline.runs
-    }
     disturbed = [
         label
         for label, use in [
-            *around_runs.values(),
+            *(
+                (f"pgbench around {setting.label}", run.cpu)
+                for setting, run in baseline_runs(results)
+            ),
             *((f"{r.workload.key} events with {r.setting.label}", r.measured.cpu) for r in results),
         ]
         if use.disturbed

@@ -67,7 +67,8 @@ Measured, not estimated: `make bench` runs every benchmark in `bench/` against t
 PostgreSQL server at `BENCH_DATABASE_URL` (default
 `postgresql://postgres@127.0.0.1:5432/test`; the benchmarks create and drop scratch
 databases of their own) and rewrites this page. `BENCH_SECONDS` sets the length of each
-measurement (default 10), `BENCH_WARMUP_SECONDS` the warm-up before it (default 2).
+measurement (default 10), `BENCH_WARMUP_SECONDS` the warm-up before it (default 2),
+`BENCH_API_ROUNDS` the API's single-event rounds per gunicorn setting (default 3).
 Figures depend on the machine; compare ratios to the baseline, not raw numbers, across
 machines.
 
