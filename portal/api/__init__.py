@@ -79,7 +79,7 @@ def get_usage(email: str) -> Response:
 
 
 blueprint.add_url_rule(
-    "/usage-events",
+    record_event.PATH.removeprefix(blueprint.url_prefix or ""),
     "record_usage_event",
     record_event.served_in_front_of_flask,
     methods=["POST"],

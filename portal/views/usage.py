@@ -9,9 +9,8 @@ from sqlalchemy import Connection
 from portal.extensions import db
 from portal.usage import UnknownUser, UsageStatus, get_usage_history
 from portal.usage.status import current_usage_status
-from portal.views import live_region
 from portal.views.charts import history_chart
-from portal.views.live_region import POLL_SECONDS, live_region_answer, now, render_region
+from portal.views.live_region import PATH, POLL_SECONDS, live_region_answer, now, render_region
 from portal.views.reads import read_connection
 from portal.views.security import SignedInUser, read_user_with, unauthorized
 
@@ -59,7 +58,7 @@ def dashboard() -> Response | str:
     )
 
 
-@blueprint.get(live_region.PATH)
+@blueprint.get(PATH)
 @login_required
 def current() -> Response:
     """The live usage region alone, for HTMX polling; 304 when nothing changed.
