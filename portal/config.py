@@ -15,6 +15,9 @@ from limits import parse_many
 
 ENVIRONMENTS = ("production", "development", "test")
 DEFAULT_API_RATE_LIMIT = "6000 per minute"
+MAX_REQUEST_BODY = 4 * 1024 * 1024
+"""Bytes: the longest request body the portal reads (Flask's ``MAX_CONTENT_LENGTH``),
+room for a batch of 1,000 usage events each carrying the largest metadata allowed."""
 DEVELOPMENT_SECRET_KEY = "dev-only-insecure-secret-key"  # noqa: S105 - never used in production
 
 
@@ -95,6 +98,7 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": env == "production",
+        "MAX_CONTENT_LENGTH": MAX_REQUEST_BODY,  # 413 past it, on every page and endpoint
         "WTF_CSRF_TIME_LIMIT": None,  # valid as long as the session: dashboards stay open
         "SQLALCHEMY_ENGINE_OPTIONS": engine_options(database_url),
     }

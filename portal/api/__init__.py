@@ -24,6 +24,7 @@ from portal.api.errors import (
 from portal.api.openapi import openapi_document
 from portal.api.parsing import is_plausible_email, parse_usage_event, read_json_object
 from portal.api.ratelimit import ApiRateLimit
+from portal.config import MAX_REQUEST_BODY
 from portal.extensions import db
 from portal.usage import InvalidUsage, UnknownUser, check_usage
 from portal.usage.batch import (
@@ -36,7 +37,7 @@ from portal.usage.batch import (
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
-BATCH_BODY_LIMIT = 4 * 1024 * 1024
+BATCH_BODY_LIMIT = MAX_REQUEST_BODY
 """Room for 1,000 events each carrying the largest metadata allowed."""
 
 

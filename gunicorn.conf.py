@@ -1,0 +1,16 @@
+"""How production runs the portal: ``gunicorn --config gunicorn.conf.py --bind HOST:PORT``.
+
+gunicorn's asyncio worker runs the Flask app in its event loop's thread, one
+request at a time per worker process (``portal.serving`` says why). Options
+given on the command line override these; ``WEB_CONCURRENCY`` sets the
+number of workers.
+"""
+
+import os
+
+wsgi_app = "wsgi:served"
+worker_class = "asgi"
+# One request at a time per worker: two per core keeps a core busy while
+# another worker waits on PostgreSQL. gunicorn itself reads WEB_CONCURRENCY.
+if "WEB_CONCURRENCY" not in os.environ:
+    workers = 2 * (os.cpu_count() or 1)
