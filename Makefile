@@ -33,7 +33,7 @@ screenshots: $(VENV)/.installed-dev
 	PORTAL_ENV=test UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/browser -k screenshots
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check portal tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check portal tests bench wsgi.py gunicorn_config.py
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed-dev

@@ -1,5 +1,5 @@
 """Entry points: ``wsgi:app`` for any WSGI server, and ``wsgi:served`` for gunicorn's
-asgi worker, as ``gunicorn --config gunicorn.conf.py`` runs it (``portal.serving``).
+asgi worker, as ``gunicorn --config gunicorn_config.py`` runs it (``portal.serving``).
 Also found by ``flask`` in this folder."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The portal on gunicorn's asgi worker (``portal.serving``, ``gunicorn.conf.py``).
+"""The portal on gunicorn's asgi worker (``portal.serving``, ``gunicorn_config.py``).
 
 The adapter is driven directly with ASGI messages, as gunicorn sends them, and
 the production set-up is started for real: ``gunicorn --config
-gunicorn.conf.py`` on the test database of each engine.
+gunicorn_config.py`` on the test database of each engine.
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def production_server(app: Flask, database_url: str, tmp_path: Path) -> Iterator[int]:
-    """``gunicorn --config gunicorn.conf.py`` on the test database, with two workers."""
+    """``gunicorn --config gunicorn_config.py`` on the test database, with two workers."""
     port = _free_port()
     log = tmp_path / "gunicorn.log"
     env = {
@@ -321,7 +321,7 @@ def production_server(app: Flask, database_url: str, tmp_path: Path) -> Iterator
     }
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn_config.py"]
             + ["--bind", f"127.0.0.1:{port}", "--graceful-timeout", "3"],
             cwd=PROJECT_ROOT,
             env=env,

@@ -1,9 +1,12 @@
-"""How production runs the portal: ``gunicorn --config gunicorn.conf.py --bind HOST:PORT``.
+"""How production runs the portal: ``gunicorn --config gunicorn_config.py --bind HOST:PORT``.
 
 gunicorn's asyncio worker runs the Flask app in its event loop's thread, one
 request at a time per worker process (``portal.serving`` says why). Options
 given on the command line override these; ``WEB_CONCURRENCY`` sets the
 number of workers.
+
+Not named ``gunicorn.conf.py``, which gunicorn reads by itself from the
+folder it starts in: ``gunicorn wsgi:app`` stays the plain WSGI set-up.
 """
 
 import os
