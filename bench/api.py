@@ -129,7 +129,8 @@ DISTURBED_SHARE = 0.10
 
 @dataclass(frozen=True)
 class ServerSetting:
-    """One way to run gunicorn."""
+    """One way to run gunicorn: production's set-up (``gunicorn_config.py``, the asgi
+    worker) with some number of workers, or the plain WSGI app under another worker."""
 
     worker_class: str
     workers: int
@@ -137,10 +138,12 @@ class ServerSetting:
 
     @property
     def arguments(self) -> list[str]:
+        if self.worker_class == "asgi":
+            return ["--config", "gunicorn_config.py", "--workers", str(self.workers)]
         arguments = ["--workers", str(self.workers), "--worker-class", self.worker_class]
         if self.worker_class == "gthread":
             arguments += ["--threads", str(self.threads)]
-        return arguments
+        return [*arguments, "wsgi:app"]
 
     @property
     def label(self) -> str:
@@ -148,11 +151,12 @@ class ServerSetting:
 
 
 SERVER_SETTINGS = (
-    ServerSetting("sync", 4),
+    ServerSetting("asgi", 4),
+    ServerSetting("asgi", 6),
     ServerSetting("gthread", 2, 4),
-    ServerSetting("gthread", 4, 2),
 )
-"""Tried in turn; 2 cores shared with PostgreSQL and wrk."""
+"""Tried in turn; 2 cores shared with PostgreSQL and wrk. The last is the threaded
+worker production used before ``portal.serving``, for comparison."""
 
 
 @dataclass(frozen=True)
@@ -762,7 +766,6 @@ def gunicorn(
         f"127.0.0.1:{port}",
         "--graceful-timeout",
         "5",
-        "wsgi:app",
     ]
     env = {
         **os.environ,

@@ -38,14 +38,15 @@ period), then ``VACUUM ANALYZE``. Measured:
 
 Settings: ``BENCH_DATABASE_URL``, ``BENCH_SECONDS`` and ``BENCH_WARMUP_SECONDS``
 as in ``bench.record_usage``; ``BENCH_WRK`` (path of wrk; default: found on
-``PATH``); ``BENCH_GUNICORN_ARGS`` (gunicorn's worker options; default
-``--workers 3 --worker-class sync``); ``BENCH_QUIET_WAIT`` (seconds to wait, before
-each wrk workload, for other work to leave the CPUs mostly idle, and to measure a
-workload again, up to 3 times, when other processes used more than 10 % of the CPUs
-during it; default 120, 0 to do neither); ``BENCH_PORTAL_PARTS`` (``all``, the
-default, or ``live`` for the live region alone: no organization is loaded or
-measured, which saves most of the run while tuning ``/usage/current``). The
-benchmark process itself needs ``PORTAL_ENV=development`` (``make bench`` exports it).
+``PATH``); ``BENCH_GUNICORN_ARGS`` (gunicorn's options, with the app; default
+``--config gunicorn_config.py``, production's set-up); ``BENCH_QUIET_WAIT``
+(seconds to wait, before each wrk workload, for other work to leave the CPUs
+mostly idle, and to measure a workload again, up to 3 times, when other processes
+used more than 10 % of the CPUs during it; default 120, 0 to do neither);
+``BENCH_PORTAL_PARTS`` (``all``, the default, or ``live`` for the live region
+alone: no organization is loaded or measured, which saves most of the run while
+tuning ``/usage/current``). The benchmark process itself needs
+``PORTAL_ENV=development`` (``make bench`` exports it).
 """
 
 from __future__ import annotations
@@ -104,11 +105,8 @@ BENCH_DATABASE = "portal_bench_pages"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = PROJECT_ROOT / "migrations"
 
-DEFAULT_GUNICORN_ARGS = "--workers 3 --worker-class sync"
-"""Three sync workers for two cores shared with PostgreSQL and wrk: a third worker
-covers a worker waiting on the database; a fourth only added context switches
-(on this machine, four workers gave p99 51-55 ms where three gave 42-48 ms, at
-the same or better throughput, for /healthz as for /usage/current)."""
+DEFAULT_GUNICORN_ARGS = "--config gunicorn_config.py"
+"""Production's set-up: gunicorn's asgi worker, two workers a core (``portal.serving``)."""
 CONNECTIONS = 32
 WRK_THREADS = 2
 USER_AGENT = "portal-bench/1.0"
@@ -784,7 +782,7 @@ def gunicorn(settings: Settings, database_url: str, workdir: Path) -> Iterator[S
     """Run the portal under gunicorn until the block ends; always stopped, in bounded time."""
     port = _free_port()
     log_path = workdir / "gunicorn.log"
-    arguments = [*settings.gunicorn_args, "--bind", f"127.0.0.1:{port}", "wsgi:app"]
+    arguments = [*settings.gunicorn_args, "--bind", f"127.0.0.1:{port}"]
     command = [sys.executable, "-m", "gunicorn", *arguments]
     env = {
         **os.environ,
@@ -1514,10 +1512,10 @@ def render(settings: Settings, results: Results) -> str:
     return f"""## Portal pages under gunicorn: {title}
 
 Served by `{results.server_command}` with `PORTAL_ENV=production` (a random
-64-character `SECRET_KEY`, `Secure` session cookies) on a scratch PostgreSQL database; gunicorn,
-PostgreSQL and the load generator share the machine's {cores} CPUs (hence 3 sync workers
-by default, one more than the CPUs, to cover a worker waiting on the database; four only
-added context switches here; `BENCH_GUNICORN_ARGS` sets others).
+64-character `SECRET_KEY`, `Secure` session cookies) on a scratch PostgreSQL database: by
+default production's set-up, gunicorn's asgi worker with two workers a CPU
+(`gunicorn_config.py`; `BENCH_GUNICORN_ARGS` sets others). gunicorn, PostgreSQL and the
+load generator share the machine's {cores} CPUs.
 
 {body}
 ### Conditions

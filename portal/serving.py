@@ -1,6 +1,6 @@
 """The portal's WSGI app on gunicorn's asyncio worker, one request at a time per process.
 
-Production runs ``gunicorn --config gunicorn.conf.py``: gunicorn's ``asgi``
+Production runs ``gunicorn --config gunicorn_config.py``: gunicorn's ``asgi``
 worker, whose event loop (uvloop) keeps idle keep-alive connections and
 parses HTTP in C (``gunicorn_h1c``), runs the app through ``EventLoopWSGI``,
 which calls it in the loop's own thread. Each worker process therefore
@@ -9,12 +9,13 @@ slow client or an idle keep-alive connection costs it nothing.
 
 Why not the ``gthread`` worker: every request there passes from the
 worker's main thread to a pool thread and back, and the threads take turns
-on the GIL; on the two cores this was measured on, those hand-offs cost
-more CPU than recording a usage event does (scores of futex calls a
-request), and the usage API answered about a fifth fewer single events a
-second than through this adapter, interleaved in one run
-(``docs/benchmarks.md``). Why not an off-the-shelf ASGI-to-WSGI adapter:
-they run the app in a thread pool, which brings the hand-offs back.
+on the GIL. On the two cores this was measured on, two fifths of a
+worker's time holding the GIL went to gunicorn's thread machinery (py-spy),
+with dozens of futex calls a request (strace). In one ``make bench``
+(``docs/benchmarks.md``) the usage API answered single events at 29 % of
+pgbench's rate through it and 34 % through this adapter, a sixth more. Why not an off-the-shelf
+ASGI-to-WSGI adapter: they run the app in a thread pool, which brings the
+hand-offs back.
 
 Because the app runs in the loop's thread, it cannot wait on the loop for
 its request body: the body is read whole first, up to ``max_body`` bytes,
