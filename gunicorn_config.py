@@ -13,6 +13,10 @@ import os
 
 wsgi_app = "wsgi:served"
 worker_class = "asgi"
+# gunicorn's own parser: with gunicorn_h1c (the C parser of gunicorn[fast] 26.2),
+# a malformed Content-Length dropped the connection with a traceback in the log
+# instead of answering 400, and interleaved runs measured no speed-up from it.
+http_parser = "python"
 # One request at a time per worker: two per core keeps a core busy while
 # another worker waits on PostgreSQL. gunicorn itself reads WEB_CONCURRENCY.
 if "WEB_CONCURRENCY" not in os.environ:

@@ -2,7 +2,7 @@
 
 Production runs ``gunicorn --config gunicorn_config.py``: gunicorn's ``asgi``
 worker, whose event loop (uvloop) keeps idle keep-alive connections and
-parses HTTP in C (``gunicorn_h1c``), runs the app through ``EventLoopWSGI``,
+parses requests, runs the app through ``EventLoopWSGI``,
 which calls it in the loop's own thread. Each worker process therefore
 answers one request at a time, as gunicorn's ``sync`` worker does, while a
 slow client or an idle keep-alive connection costs it nothing.

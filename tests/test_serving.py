@@ -400,3 +400,25 @@ def test_production_server_refuses_an_over_long_chunked_batch_with_413(
         assert json.loads(response.read())["error"]["code"] == "payload_too_large"
     session.expire_all()
     assert session.scalar(select(func.count()).select_from(UsageEvent)) == 0
+
+
+@pytest.mark.parametrize(
+    ("content_length", "reason"),
+    [
+        ("abc", b"Invalid Content-Length value"),
+        ("-1", b"Negative Content-Length"),
+        ("2\r\nContent-Length: 2", b"Duplicate Content-Length header"),
+    ],
+)
+def test_production_server_answers_a_malformed_content_length_with_400(
+    production_server: int, content_length: str, reason: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", production_server), timeout=10) as raw:
+        raw.sendall(
+            b"POST /api/v1/usage-events HTTP/1.1\r\nHost: portal\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + content_length.encode() + b"\r\n\r\n{}"
+        )
+        response = http.client.HTTPResponse(raw)  # type: ignore[arg-type]
+        response.begin()
+        assert (response.status, response.reason.encode()) == (400, reason)
