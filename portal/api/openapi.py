@@ -65,7 +65,11 @@ USAGE_EVENT = {
             "format": "date-time",
             "description": "With a UTC offset; at most 5 minutes ahead and 7 days back.",
         },
-        "metadata": {"type": "object", "description": "At most 2 KB as JSON."},
+        "metadata": {
+            "type": "object",
+            "description": "At most 2 KB as UTF-8 JSON; integers of at most 64 bits, "
+            "finite numbers, no NUL characters.",
+        },
     },
 }
 

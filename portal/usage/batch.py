@@ -16,7 +16,6 @@ batches queue instead of deadlocking.
 from __future__ import annotations
 
 import enum
-import json
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
@@ -202,30 +202,18 @@ _INSERT_EVENTS_FROM_JSON = """
 
 
 def _insert_events_from_json(connection: Any, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
-    payload = json.dumps(rows, default=_JsonValues())
-    inserted = execute_on_driver(connection, _INSERT_EVENTS_FROM_JSON, {"rows": payload})
+    inserted = execute_on_driver(connection, _INSERT_EVENTS_FROM_JSON, {"rows": _json(rows)})
     return {row[0] for row in inserted}
 
 
-class _JsonValues:
-    """``json.dumps``'s ``default`` for one payload: times as ISO 8601, UUIDs as text.
+def _json(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as one JSON parameter: UUIDs as text, times as ISO 8601 with their offset.
 
-    A batch's events share a handful of instants (when they were recorded,
-    their periods' bounds), so each distinct one is formatted once.
+    orjson writes both natively, in C: with the standard library's encoder,
+    calling back into Python for each event's UUID and times was a third of
+    a batch's Python time.
     """
-
-    def __init__(self) -> None:
-        self._times: dict[datetime, str] = {}
-
-    def __call__(self, value: object) -> str:
-        if isinstance(value, uuid.UUID):
-            return str(value)
-        if isinstance(value, datetime):
-            text = self._times.get(value)
-            if text is None:
-                text = self._times[value] = value.isoformat()
-            return text
-        raise TypeError(f"cannot send {type(value).__name__} as JSON")
+    return orjson.dumps(rows).decode()
 
 
 # The recorded events go into the reporter's backlog, also as one JSON parameter.
@@ -250,8 +238,7 @@ def _enqueue(connection: Any, recorded: list[_Pending]) -> None:
         for p in recorded
     ]
     if connection.dialect.name == "postgresql":
-        payload = json.dumps(rows, default=_JsonValues())
-        execute_on_driver(connection, _ENQUEUE_FROM_JSON, {"rows": payload}, returns_rows=False)
+        execute_on_driver(connection, _ENQUEUE_FROM_JSON, {"rows": _json(rows)}, returns_rows=False)
     else:
         connection.execute(recording_statements(connection.dialect.name).enqueue_event, rows)
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import enum
 import functools
-import json
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from psycopg.types.json import Json
 from sqlalchemy import JSON, Integer, Uuid, bindparam, select, text
 from sqlalchemy.engine import Connection
@@ -60,6 +61,36 @@ MAX_BACKDATE = timedelta(days=7)
 """How far in the past ``occurred_at`` may be. A backend retrying for longer
 than a week has lost track; Stripe would refuse such usage after 35 days."""
 MAX_METADATA_BYTES = 2048
+
+
+def _metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """Why ``metadata`` cannot be stored, or None.
+
+    It is measured as the JSON the batch sends (``portal.usage.batch``, with
+    orjson): integers must fit in 64 bits there, and PostgreSQL's ``json``
+    type refuses NUL characters and non-finite numbers.
+    """
+    try:
+        encoded = orjson.dumps(metadata)
+    except orjson.JSONEncodeError:
+        return "must hold only JSON values, with integers of at most 64 bits"
+    if len(encoded) > MAX_METADATA_BYTES:
+        return f"must be at most {MAX_METADATA_BYTES} bytes as JSON"
+    if b"\\u0000" in encoded:
+        return "must not contain NUL characters"
+    if _has_non_finite_number(metadata):
+        return "must not contain infinite numbers"
+    return None
+
+
+def _has_non_finite_number(value: object) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite_number(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite_number(v) for v in value)
+    return False
 
 
 class InvalidUsage(ValueError):
@@ -141,10 +172,10 @@ def validate_usage_request(
     if metadata is not None:
         if not isinstance(metadata, dict):
             errors["metadata"] = "must be an object"
-        elif len(encoded := json.dumps(metadata, default=str)) > MAX_METADATA_BYTES:
-            errors["metadata"] = f"must be at most {MAX_METADATA_BYTES} bytes as JSON"
-        elif "\\u0000" in encoded:
-            errors["metadata"] = "must not contain NUL characters"
+        else:
+            problem = _metadata_problem(metadata)
+            if problem:
+                errors["metadata"] = problem
     if errors:
         raise InvalidUsage(errors)
     assert isinstance(idempotency_key, str) and isinstance(event_type, str)

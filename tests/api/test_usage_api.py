@@ -243,6 +243,8 @@ def test_unknown_user_is_404_and_records_nothing(session: Session, api: Api) -> 
         ({"occurred_at": "2999-01-01T00:00:00Z"}, {"occurred_at"}),
         ({"metadata": "not an object"}, {"metadata"}),
         ({"metadata": {"x": "y" * 3000}}, {"metadata"}),
+        ({"metadata": {"n": 10**30}}, {"metadata"}),
+        ({"metadata": {"deep": [[[{"n": -(2**64)}]]]}}, {"metadata"}),
         ({"surprise": True}, {"surprise"}),
         ({"user_email": ["a@b.co"]}, {"user_email"}),
         ({"quantity": 0, "event_type": 7, "extra": 1}, {"quantity", "event_type", "extra"}),
@@ -470,6 +472,19 @@ def test_rate_limit_per_key_answers_429_with_retry_after(database_url: str) -> N
 
             _empty_tables()
             db.engine.dispose()
+
+
+def test_a_number_too_large_for_a_double_in_metadata_is_a_422(session: Session, api: Api) -> None:
+    email = pro_user(session)
+    raw = f'{{"user_email": "{email}", "idempotency_key": "k", "metadata": {{"x": [1e400]}}}}'
+    single = api("post", "/usage-events", data=raw, content_type="application/json")
+    assert single.status_code == 422
+    assert set(single.json["error"]["fields"]) == {"metadata"}
+    body = f'{{"events": [{raw}]}}'
+    batch = api("post", "/usage-events/batch", data=body, content_type="application/json")
+    assert batch.json["results"][0]["status"] == "invalid"
+    assert set(batch.json["results"][0]["errors"]) == {"metadata"}
+    assert recorded(session) == (0, 0)
 
 
 @pytest.mark.parametrize(
