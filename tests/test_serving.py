@@ -11,7 +11,6 @@ import asyncio
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bench.processes import free_port, stop_server
 from portal.apikeys import create_api_key
 from portal.config import MAX_REQUEST_BODY
 from portal.models import UsageEvent
@@ -302,16 +302,10 @@ def test_a_negative_limit_is_refused() -> None:
 # -- the production set-up, for real -----------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def production_server(app: Flask, database_url: str, tmp_path: Path) -> Iterator[int]:
     """``gunicorn --config gunicorn_config.py`` on the test database, with two workers."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "gunicorn.log"
     env = {
         **os.environ,
@@ -341,8 +335,7 @@ def production_server(app: Flask, database_url: str, tmp_path: Path) -> Iterator
                 time.sleep(0.1)
         yield port
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
+        stop_server(process, timeout=15, log=print)
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
