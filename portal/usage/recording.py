@@ -63,15 +63,21 @@ than a week has lost track; Stripe would refuse such usage after 35 days."""
 MAX_METADATA_BYTES = 2048
 
 
+def json_text(value: Any) -> str:
+    """``value`` as the JSON text PostgreSQL receives: metadata of single events and
+    whole batches alike. orjson writes UUIDs and times natively, in C."""
+    return orjson.dumps(value).decode()
+
+
 def _metadata_problem(metadata: dict[str, Any]) -> str | None:
     """Why ``metadata`` cannot be stored, or None.
 
-    It is measured as the JSON the batch sends (``portal.usage.batch``, with
-    orjson): integers must fit in 64 bits there, and PostgreSQL's ``json``
-    type refuses NUL characters and non-finite numbers.
+    It is measured as ``json_text`` writes it: integers must fit in 64 bits
+    there, and PostgreSQL's ``json`` type refuses NUL characters and
+    non-finite numbers.
     """
     try:
-        encoded = orjson.dumps(metadata)
+        encoded = json_text(metadata).encode()
     except orjson.JSONEncodeError:
         return "must hold only JSON values, with integers of at most 64 bits"
     if len(encoded) > MAX_METADATA_BYTES:
@@ -434,7 +440,8 @@ def _write_in_one_statement(
         guard.lookup if guard is not None else None,
         values["api_key_id"] is not None,
     )
-    driver_values = {**values, "metadata": Json(values["metadata"]) if values["metadata"] else None}
+    metadata = values["metadata"]
+    driver_values = {**values, "metadata": Json(metadata, dumps=json_text) if metadata else None}
     if guard is not None:
         driver_values |= resolution_guard_sql(guard.lookup)[1]
         driver_values |= resolution_guard_parameters(guard)
