@@ -308,13 +308,12 @@ def _record(
     """
     period = effective.period_at(request.occurred_at)
     subject = effective.subject
-    pooled = subject.kind is SubjectKind.ORGANIZATION
     counts = EVENT_TYPES[request.event_type]
     event_id = uuid.uuid4()
     values = {
         "id": event_id,
         "user_id": effective.user_id,
-        "organization_id": subject.id if pooled else None,
+        "organization_id": effective.pool_id,
         "subject_id": subject.id,
         "plan_id": effective.plan.id,
         "event_type": request.event_type,

@@ -74,6 +74,11 @@ class EffectivePlan:
     def included(self) -> int:
         return self.plan.included_for(self.seats)
 
+    @property
+    def pool_id(self) -> int | None:
+        """The organization whose pool the user draws on; ``None`` when billed alone."""
+        return self.subject.id if self.subject.kind is SubjectKind.ORGANIZATION else None
+
     def period_at(self, moment: datetime) -> BillingPeriod:
         return period_containing(moment, self.anchor)
 

@@ -2,13 +2,16 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.extensions import db
+from portal.models import UsageEvent
 from portal.usage import check_usage, record_usage
 from portal.usage.batch import BatchItem, BatchResult, record_usage_batch
-from portal.usage.recording import validate_usage_request
+from portal.usage.recording import UsageRequest, record_request, validate_usage_request
 from tests.factories import T0, make_org, make_user
 from tests.usage.test_recording import counts, run_concurrently
 
@@ -121,3 +124,49 @@ def test_a_batch_is_committed_when_record_usage_batch_returns(session: Session) 
     # No commit by the caller: another connection already sees every item.
     with Session(db.engine) as other:
         assert counts(other) == (3, 6, 0)
+
+
+def test_a_batch_stores_each_event_as_recording_it_alone_would(session: Session) -> None:
+    org = make_org(session, plan="team", seats=2)
+    member, pro = make_user(session, org=org), make_user(session, plan="pro")
+    session.commit()
+    last_period = NOW - timedelta(days=5)  # before the anchor: the previous billing period
+    usages: list[dict[str, Any]] = [
+        {"user": pro, "quantity": 2},
+        {"user": pro, "occurred_at": last_period},
+        {"user": pro, "occurred_at": NOW - timedelta(hours=1), "event_type": "refinement"},
+        {"user": member, "metadata": {"channel": "C042", "draft": {"words": 118}}},
+        {"user": member, "occurred_at": last_period, "quantity": 3},
+    ]
+
+    def request(key: str, usage: dict[str, Any]) -> UsageRequest:
+        fields = {name: value for name, value in usage.items() if name != "user"}
+        return validate_usage_request(idempotency_key=key, now=NOW, **fields)
+
+    for n, usage in enumerate(usages):
+        record_request(session, usage["user"].email, request(f"alone-{n}", usage), NOW)
+    batch = [
+        BatchItem(usage["user"].email, request(f"batch-{n}", usage))
+        for n, usage in enumerate(usages)
+    ]
+    assert {r.result for r in record_usage_batch(session, batch, NOW)} == {BatchResult.CREATED}
+
+    stored = {
+        event.idempotency_key: (
+            event.user_id,
+            event.organization_id,
+            event.plan_id,
+            event.event_type,
+            event.quantity,
+            event.occurred_at,
+            event.recorded_at,
+            event.period_start,
+            event.period_end,
+            event.event_metadata,
+        )
+        for event in session.scalars(select(UsageEvent))
+    }
+    for n in range(len(usages)):
+        assert stored[f"batch-{n}"] == stored[f"alone-{n}"]
+    assert sorted({row[7] for row in stored.values()})[1:] == [T0]  # and the period before
+    assert counts(session) == (10, 14, 8)  # the backlog holds each event with its period
