@@ -9,6 +9,7 @@ Not named ``gunicorn.conf.py``, which gunicorn reads by itself from the
 folder it starts in: ``gunicorn wsgi:app`` stays the plain WSGI set-up.
 """
 
+import gc
 import os
 
 wsgi_app = "wsgi:served"
@@ -21,3 +22,16 @@ http_parser = "python"
 # another worker waits on PostgreSQL. gunicorn itself reads WEB_CONCURRENCY.
 if "WEB_CONCURRENCY" not in os.environ:
     workers = 2 * (os.cpu_count() or 1)
+
+
+def post_worker_init(worker: object) -> None:
+    """Take what the worker loaded at start-up out of the garbage collector's sight.
+
+    The app, its modules and SQLAlchemy's tables live as long as the worker,
+    yet every full collection walked them all again: a 1,000-event batch
+    allocates enough to set off collections costing about 4 ms of its 20 ms
+    of Python (measured in one process, 60 batches, on PostgreSQL).
+    ``gc.freeze()`` moves them to a generation no collection visits; garbage
+    made while answering requests is still collected as before.
+    """
+    gc.freeze()

@@ -8,7 +8,9 @@ gunicorn_config.py`` on the test database of each engine.
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
+import importlib.util
 import json
 import os
 import socket
@@ -300,6 +302,21 @@ def test_a_negative_limit_is_refused() -> None:
 
 
 # -- the production set-up, for real -----------------------------------------
+
+
+def test_production_workers_take_their_start_up_objects_out_of_garbage_collection() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "gunicorn_config", PROJECT_ROOT / "gunicorn_config.py"
+    )
+    assert spec is not None and spec.loader is not None
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
+    assert gc.get_freeze_count() == 0
+    try:
+        config.post_worker_init(object())  # gunicorn calls it once the app is loaded
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 @pytest.fixture
