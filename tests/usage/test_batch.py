@@ -149,7 +149,10 @@ def test_a_batch_stores_each_event_as_recording_it_alone_would(session: Session)
         BatchItem(usage["user"].email, request(f"batch-{n}", usage))
         for n, usage in enumerate(usages)
     ]
-    assert {r.result for r in record_usage_batch(session, batch, NOW)} == {BatchResult.CREATED}
+    results = record_usage_batch(session, batch, NOW)
+    assert {r.result for r in results} == {BatchResult.CREATED}
+    ids = [r.event_id for r in results]
+    assert all(i is not None and i.version == 4 for i in ids) and len(set(ids)) == len(usages)
 
     stored = {
         event.idempotency_key: (
