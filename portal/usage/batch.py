@@ -16,7 +16,6 @@ batches queue instead of deadlocking.
 from __future__ import annotations
 
 import enum
-import os
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from portal.models import UsageEvent
+from portal.models import UsageEvent, new_event_ids
 from portal.periods import BillingPeriod
 from portal.plans import EVENT_TYPES
 from portal.precompiled import execute_on_driver
@@ -93,7 +92,7 @@ def record_usage_batch(
     plans = resolve_effective_plans(session, (item.user_email for item in items))
     first_with_key: dict[str, int] = {}
     pending: list[_Pending] = []
-    event_ids = _new_event_ids(len(items))
+    event_ids = new_event_ids(len(items))
     for index, item in enumerate(items):
         effective = plans.get(normalize_email(item.user_email))
         if effective is None:
@@ -145,13 +144,6 @@ def record_usage_batch(
             )
     session.commit()
     return [r for r in results if r is not None]
-
-
-def _new_event_ids(count: int) -> list[uuid.UUID]:
-    """``count`` random (version 4) UUIDs, like ``uuid.uuid4()``, from one read of the
-    system's randomness instead of one each: 1.07 ms for 1,000 rather than 1.37."""
-    randomness = os.urandom(16 * count)
-    return [uuid.UUID(bytes=randomness[i : i + 16], version=4) for i in range(0, 16 * count, 16)]
 
 
 def _same_usage(first: BatchItem, other: BatchItem) -> bool:

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from portal.apikeys import ApiKeyRevoked
-from portal.models import UsageEvent, UTCDateTime
+from portal.models import UsageEvent, UTCDateTime, new_event_id
 from portal.periods import as_utc
 from portal.plans import DEFAULT_EVENT_TYPE, EVENT_TYPES
 from portal.precompiled import execute_on_driver, lone_statement_connection, session_in_transaction
@@ -309,7 +309,7 @@ def _record(
     period = effective.period_at(request.occurred_at)
     subject = effective.subject
     counts = EVENT_TYPES[request.event_type]
-    event_id = uuid.uuid4()
+    event_id = new_event_id()
     values = {
         "id": event_id,
         "user_id": effective.user_id,

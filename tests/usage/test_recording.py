@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,6 +20,8 @@ from portal.models import (
     UsageEvent,
     UsageRecord,
     UserSubscription,
+    new_event_id,
+    new_event_ids,
     usage_report_backlog,
 )
 from portal.usage import (
@@ -521,3 +525,15 @@ def test_a_plan_changing_under_every_attempt_records_nothing(
         record_usage(session, user.id, idempotency_key="never", now=NOW)
     session.rollback()
     assert counts(session) == (1, 1, 0)
+
+
+def test_event_ids_are_time_ordered_version_7_uuids() -> None:
+    before = time.time_ns() // 1_000_000
+    first = new_event_ids(1000)
+    after = time.time_ns() // 1_000_000
+    time.sleep(0.002)
+    later = new_event_id()
+    assert len(set(first)) == 1000
+    assert {(i.version, i.variant) for i in [*first, later]} == {(7, uuid.RFC_4122)}
+    assert all(before <= i.int >> 80 <= after for i in first)  # Unix milliseconds
+    assert max(first) < later  # index order is recording order
