@@ -61,6 +61,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -1100,7 +1101,9 @@ def render(
         measured = result.measured
         label = run_label(result)
         cpu.append(cpu_row(label, result.setting.label, measured.cpu, measured.requests))
-    disturbed = [
+    # Single events run in rounds, each with pgbench around it: name each kind of
+    # run once, with how many of its runs were disturbed.
+    disturbed_runs = Counter(
         label
         for label, use in [
             *(
@@ -1110,6 +1113,9 @@ def render(
             *((f"{r.workload.key} events with {r.setting.label}", r.measured.cpu) for r in results),
         ]
         if use.disturbed
+    )
+    disturbed = [
+        f"{label} ({count} runs)" if count > 1 else label for label, count in disturbed_runs.items()
     ]
     quiet = (
         f"**Disturbed:** everything else, less all interrupts, took more than "
