@@ -14,7 +14,7 @@ worker's time holding the GIL went to gunicorn's thread machinery (py-spy),
 with dozens of futex calls a request (strace). In ``make bench``
 (``docs/benchmarks.md``) the usage API answered single events at 25-30 % of
 pgbench's rate through it and at 30-34 % through this adapter in four runs
-on an AMD EPYC machine, and at 23-24 % against 26-27 % in two on an Intel
+on an AMD EPYC machine, and at 23-24 % against 26-27 % in three on an Intel
 Xeon one. The price: connections stay with the worker that accepted them,
 so a few busy persistent connections on one worker queue behind each other
 (under wrk the live region's p99 rose from 21-43 ms to 50-65 ms on the AMD
