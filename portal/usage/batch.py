@@ -108,7 +108,8 @@ def record_usage_batch(
         )
 
     connection = session.connection()
-    inserted = _insert_events(session, pending, now)
+    charges = _Charges()  # one numbering for the batch's statements on PostgreSQL
+    inserted = _insert_events(session, pending, now, charges)
     fresh = [p for p in pending if p.event_id in inserted]
     _settle_existing_keys(session, [p for p in pending if p.event_id not in inserted], results)
 
@@ -121,7 +122,7 @@ def record_usage_batch(
     refused_ids = {p.event_id for p in refused}
     counted = [p for p in fresh if p.event_id not in refused_ids]
     _add_to_member_shares(connection, [p for p in counted if EVENT_TYPES[p.request.event_type]])
-    _enqueue(connection, counted)
+    _enqueue(connection, counted, charges)
     for p in fresh:
         if p.event_id in refused_ids:
             results[p.index] = BatchItemResult(BatchResult.LIMIT_REACHED)
@@ -154,14 +155,16 @@ def _same_usage(first: BatchItem, other: BatchItem) -> bool:
     )
 
 
-def _insert_events(session: Session, pending: list[_Pending], now: datetime) -> set[uuid.UUID]:
+def _insert_events(
+    session: Session, pending: list[_Pending], now: datetime, charges: _Charges
+) -> set[uuid.UUID]:
     """Insert the events in key order; the ids of those whose idempotency key was new."""
     if not pending:
         return set()
     connection = session.connection()
     in_key_order = sorted(pending, key=lambda p: p.request.idempotency_key)
     if connection.dialect.name == "postgresql":
-        return _insert_events_from_json(connection, in_key_order, now)
+        return _insert_events_from_json(connection, in_key_order, now, charges)
     rows = [
         {
             "id": p.event_id,
@@ -226,12 +229,14 @@ class _Charges:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self._numbers: dict[tuple[int, datetime], int] = {}
+        self._json: str | None = None
 
     def number(self, p: _Pending) -> int:
         key = (p.effective.user_id, p.period.start)
         number = self._numbers.get(key)
         if number is None:
             number = self._numbers[key] = len(self.rows)
+            self._json = None
             self.rows.append(
                 {
                     "charge": number,
@@ -244,11 +249,16 @@ class _Charges:
             )
         return number
 
+    def json(self) -> str:
+        """The rows as the ``charges`` parameter; written once while no charge is added."""
+        if self._json is None:
+            self._json = json_text(self.rows)
+        return self._json
+
 
 def _insert_events_from_json(
-    connection: Any, pending: list[_Pending], now: datetime
+    connection: Any, pending: list[_Pending], now: datetime, charges: _Charges
 ) -> set[uuid.UUID]:
-    charges = _Charges()
     events = [
         {
             "id": p.event_id,
@@ -264,19 +274,18 @@ def _insert_events_from_json(
     ]
     # json_text writes UUIDs and times in C: the standard library's encoder called
     # back into Python for each, a third of a batch's Python time.
-    parameters = {"events": json_text(events), "charges": json_text(charges.rows), "now": now}
+    parameters = {"events": json_text(events), "charges": charges.json(), "now": now}
     inserted = execute_on_driver(connection, _INSERT_EVENTS_FROM_JSON, parameters)
     return {row[0] for row in inserted}
 
 
-def _enqueue(connection: Any, recorded: list[_Pending]) -> None:
+def _enqueue(connection: Any, recorded: list[_Pending], charges: _Charges) -> None:
     """Put the recorded events in the reporter's backlog (``usage_report_backlog``)."""
     if not recorded:
         return
     if connection.dialect.name == "postgresql":
-        charges = _Charges()
         events = [{"id": p.event_id, "charge": charges.number(p)} for p in recorded]
-        parameters = {"events": json_text(events), "charges": json_text(charges.rows)}
+        parameters = {"events": json_text(events), "charges": charges.json()}
         execute_on_driver(connection, _ENQUEUE_FROM_JSON, parameters, returns_rows=False)
         return
     rows = [
