@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from portal import clock
 from portal.accounts import AccountError, create_organization, create_user
 from portal.apikeys import ApiKeyError, create_api_key, list_api_keys, revoke_api_key
 from portal.billing import cli as billing_cli
 from portal.extensions import db
 from portal.models import Organization
 from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _session() -> Session:
@@ -44,7 +41,7 @@ def create_org_command(
             plan_id=plan_id,
             seats=seats,
             stripe_customer_id=stripe_customer,
-            now=_now(),
+            now=clock.now(),
         )
     except AccountError as error:
         db.session.rollback()
@@ -90,7 +87,7 @@ def create_user_command(
             stripe_customer_id=stripe_customer,
             organization=organization,
             role=role or "member",
-            now=_now(),
+            now=clock.now(),
         )
     except AccountError as error:
         db.session.rollback()
@@ -105,7 +102,7 @@ def seed_demo_command() -> None:
     """Load the demo data set into an empty database (does nothing otherwise)."""
     from portal.demo import DEMO_PASSWORD, seed_demo
 
-    result = seed_demo(_session(), _now())
+    result = seed_demo(_session(), clock.now())
     db.session.commit()
     if result.loaded:
         click.echo(f"Loaded demo data: {result.users} users, {result.events} usage events.")
@@ -122,7 +119,7 @@ def seed_demo_command() -> None:
 def create_api_key_command(name: str) -> None:
     """Create a service key for the usage API; the key is shown once, on the last line."""
     try:
-        info, key = create_api_key(_session(), name, _now())
+        info, key = create_api_key(_session(), name, clock.now())
     except ApiKeyError as error:
         db.session.rollback()
         raise click.UsageError(str(error)) from error
@@ -136,7 +133,7 @@ def create_api_key_command(name: str) -> None:
 def revoke_api_key_command(name: str) -> None:
     """Revoke the API key called NAME; requests with it get 401 at once."""
     try:
-        info = revoke_api_key(_session(), name, _now())
+        info = revoke_api_key(_session(), name, clock.now())
     except ApiKeyError as error:
         db.session.rollback()
         raise click.UsageError(str(error)) from error

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from portal import clock
 from portal.api import admission, record_event
 from portal.api.errors import (
     ApiError,
@@ -51,7 +52,7 @@ def require_api_key() -> None:
         current_app.extensions["api_rate_limit"],
         request.headers.get("Authorization", ""),
         request.remote_addr,
-        admission.now(),
+        clock.now(),
         remembered=False,
     )
     request.max_content_length = (
@@ -73,7 +74,7 @@ def get_usage(email: str) -> Response:
     if not is_plausible_email(email):
         raise user_not_found()
     try:
-        status = check_usage(db.session(), email, admission.now())
+        status = check_usage(db.session(), email, clock.now())
     except UnknownUser:
         raise user_not_found() from None
     return jsonify(status.as_dict())
@@ -97,7 +98,7 @@ def _refused(error: ApiError | HTTPException) -> Response:
 @blueprint.post("/usage-events/batch")
 def record_usage_events() -> Response:
     """Record up to 1,000 events in one round trip; one result per event, in order."""
-    now = admission.now()
+    now = clock.now()
     body = read_json_object(request)
     unknown = {name: "unknown field" for name in body if name != "events"}
     events = body.get("events")

@@ -9,18 +9,13 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from portal.api.errors import RATE_LIMITED, ApiError
 from portal.api.ratelimit import ApiRateLimit
 from portal.apikeys import ApiKeyInfo, authenticate, remembered_key
-
-
-def now() -> datetime:
-    """The API's clock (tests move it)."""
-    return datetime.now(UTC)
 
 
 def rate_limit_bucket(authorization: str, remote_addr: str | None) -> str:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_input_stream
 
+from portal import clock
 from portal.api import admission
 from portal.api.errors import (
     ApiError,
@@ -72,7 +73,7 @@ def record_event(session: Session, caller: admission.Admission, body: dict[str, 
     402 at a hard cap (nothing recorded), 404, 409, 422, and 401 for a
     remembered key revoked meanwhile.
     """
-    at = admission.now()
+    at = clock.now()
     try:
         email, usage = parse_usage_event(body, at)
     except InvalidUsage as invalid:
@@ -144,7 +145,7 @@ class RecordEventEndpoint:
             self._rate_limit,
             environ.get("HTTP_AUTHORIZATION", ""),
             environ.get("REMOTE_ADDR"),
-            admission.now(),
+            clock.now(),
             # The recording statement checks that the key is still live.
             remembered=True,
         )
@@ -153,7 +154,7 @@ class RecordEventEndpoint:
             return record_event(session, caller, body)
         except ApiError as refusal:
             session.rollback()
-            raise caller.refusal(session, refusal, admission.now()) from None
+            raise caller.refusal(session, refusal, clock.now()) from None
 
 
 def _mimetype(environ: WSGIEnvironment) -> str:

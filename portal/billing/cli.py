@@ -12,12 +12,13 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import click
 from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
+from portal import clock
 from portal.billing.preview import ReportPreview, preview_report
 from portal.billing.reporter import (
     DEFAULT_BATCH_SIZE,
@@ -38,10 +39,6 @@ from portal.config import ConfigError
 from portal.extensions import db
 
 PREVIEW_LINES_SHOWN = 50
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _session() -> Session:
@@ -129,7 +126,7 @@ def report_usage_command(
         _mark_sent(ctx, mark_sent)
         return
     if requeue_unbilled:
-        requeued = requeue_unbilled_usage(_session(), _now())
+        requeued = requeue_unbilled_usage(_session(), clock.now())
         db.session.commit()
         click.echo(f"Put {requeued} usage events back in the backlog; the next run reports them.")
         return
@@ -144,7 +141,7 @@ def report_usage_command(
         worker=f"{socket.gethostname()}:{os.getpid()}",
     )
     if dry_run:
-        preview = preview_report(_session(), _now(), options)
+        preview = preview_report(_session(), clock.now(), options)
         db.session.rollback()
         _echo_preview(preview, as_json)
         return
@@ -160,9 +157,9 @@ def report_usage_command(
         with click.progressbar(
             length=max(total, 1), label="Reporting usage", file=sys.stderr
         ) as bar:
-            summary = report_usage(session, gateway, _now(), options, on_progress=bar.update)
+            summary = report_usage(session, gateway, clock.now(), options, on_progress=bar.update)
     else:
-        summary = report_usage(session, gateway, _now(), options)
+        summary = report_usage(session, gateway, clock.now(), options)
     if as_json:
         click.echo(json.dumps(summary.as_dict(), sort_keys=True))
     else:
@@ -178,7 +175,7 @@ def _mark_sent(ctx: click.Context, batch_ids: tuple[int, ...]) -> None:
     settled = []
     for batch_id in batch_ids:
         try:
-            settled.append(mark_batch_sent(session, batch_id, _now()))
+            settled.append(mark_batch_sent(session, batch_id, clock.now()))
         except BatchNotFailed as error:
             db.session.rollback()
             click.echo(f"error: {error}; nothing was changed", err=True)
@@ -193,7 +190,7 @@ def _mark_sent(ctx: click.Context, batch_ids: tuple[int, ...]) -> None:
 
 def preview_total(session: Session) -> int:
     """Usage events the run may settle: the backlog plus the outbox, for the progress bar."""
-    status = reporting_status(session, _now(), failed_shown=0)
+    status = reporting_status(session, clock.now(), failed_shown=0)
     db.session.rollback()
     return status.pending_events + status.pending_batch_events
 
@@ -254,7 +251,7 @@ def _echo_preview(preview: ReportPreview, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def usage_status_command(as_json: bool) -> None:
     """Show the reporting backlog, failed batches and the last successful run."""
-    status = reporting_status(_session(), _now())
+    status = reporting_status(_session(), clock.now())
     db.session.rollback()
     if as_json:
         click.echo(json.dumps(status.as_dict(), sort_keys=True))

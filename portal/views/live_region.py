@@ -31,7 +31,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -40,6 +39,7 @@ from jinja2 import Environment
 from werkzeug.http import parse_etags, quote_etag
 from werkzeug.sansio.http import parse_cookie
 
+from portal import clock
 from portal.extensions import db, login_manager
 from portal.usage import UnknownUser, UsageStatus
 from portal.usage.status import current_usage_status
@@ -56,11 +56,6 @@ POLL_SECONDS = 10
 CACHE_CONTROL = "private, no-cache"
 """Revalidate every time: the bar must never be stale, but an unchanged one costs a 304."""
 HTML = "text/html; charset=utf-8"
-
-
-def now() -> datetime:
-    """The usage pages' clock, for this region and the pages around it."""
-    return datetime.now(UTC)
 
 
 def status_etag(status: UsageStatus) -> str:
@@ -224,7 +219,7 @@ class LiveRegionEndpoint:
     def _answer(self, environ: WSGIEnvironment, user_id: int) -> Answer | None:
         with self._engine.connect() as connection:
             try:
-                status = current_usage_status(connection, user_id, now())
+                status = current_usage_status(connection, user_id, clock.now())
             except UnknownUser:
                 return None  # the view signs the deleted account out
         poll_url = environ.get("SCRIPT_NAME", "").rstrip("/") + PATH  # as Flask's script_root

@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import date
 
 from flask import Blueprint, Response, abort, render_template, request, stream_with_context
 from flask_login import current_user, login_required
 
+from portal import clock
 from portal.access import Forbidden, NotVisible, member_of, organization_for_admin
 from portal.extensions import db
 from portal.models import Organization
@@ -26,10 +27,6 @@ blueprint = Blueprint("orgs", __name__, url_prefix="/orgs")
 PICKER_PERIODS = 12
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _organization(slug: str) -> Organization:
     """The organization if the signed-in user administers it; 403 for members, else 404."""
     try:
@@ -41,7 +38,7 @@ def _organization(slug: str) -> Organization:
 
 
 def _periods(org: Organization) -> list[BillingPeriod]:
-    current = organization_period(org, _now())
+    current = organization_period(org, clock.now())
     return [current.shifted(-offset) for offset in range(PICKER_PERIODS)]
 
 
@@ -164,7 +161,7 @@ def member_history(slug: str, member_id: int) -> str:
         member = member_of(db.session(), org, member_id)
     except NotVisible:
         abort(404)
-    periods = get_member_history(db.session(), org, member.id, _now())
+    periods = get_member_history(db.session(), org, member.id, clock.now())
     chart = history_chart(periods, [row.seat_included for row in periods])
     return render_template(
         "orgs/member_history.html", org=org, member=member, periods=periods, chart=chart

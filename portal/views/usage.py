@@ -6,11 +6,12 @@ from flask import Blueprint, Response, current_app, g, render_template, request,
 from flask_login import current_user, login_required
 from sqlalchemy import Connection
 
+from portal import clock
 from portal.extensions import db
 from portal.usage import UnknownUser, UsageStatus, get_usage_history
 from portal.usage.status import current_usage_status
 from portal.views.charts import history_chart
-from portal.views.live_region import PATH, POLL_SECONDS, live_region_answer, now, render_region
+from portal.views.live_region import PATH, POLL_SECONDS, live_region_answer, render_region
 from portal.views.reads import read_connection
 from portal.views.security import SignedInUser, read_user_with, unauthorized
 
@@ -24,7 +25,7 @@ def _user_with_usage(connection: Connection, user_id: int) -> SignedInUser | Non
     every open dashboard, need one round trip to the database instead of two.
     """
     try:
-        status = current_usage_status(connection, user_id, now())
+        status = current_usage_status(connection, user_id, clock.now())
     except UnknownUser:
         return None
     g.signed_in_usage = status
@@ -38,7 +39,7 @@ def _signed_in_status() -> UsageStatus | None:
         return loaded
     # The user came from elsewhere (signed in during this request, say).
     try:
-        return current_usage_status(read_connection(), current_user.id, now())
+        return current_usage_status(read_connection(), current_user.id, clock.now())
     except UnknownUser:
         return None
 
@@ -86,6 +87,6 @@ read_user_with("usage.current", _user_with_usage)
 @login_required
 def history() -> str:
     """The last 12 billing periods: chart and table."""
-    history = get_usage_history(db.session(), current_user.id, now())
+    history = get_usage_history(db.session(), current_user.id, clock.now())
     chart = history_chart(history.periods, [row.included for row in history.periods])
     return render_template("usage/history.html", history=history, chart=chart)

@@ -129,9 +129,7 @@ def test_recording_keeps_last_used_at_current_to_the_minute(
     email = pro_user(session)
     start = now()
     for minutes in (0, 0.5, 2):
-        monkeypatch.setattr(
-            "portal.api.admission.now", lambda m=minutes: start + timedelta(minutes=m)
-        )
+        monkeypatch.setattr("portal.clock.now", lambda m=minutes: start + timedelta(minutes=m))
         assert api("post", "/usage-events", json=event(email)).status_code == 201
         session.expire_all()
         last_used = session.scalars(select(ApiKey)).one().last_used_at
