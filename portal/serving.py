@@ -11,16 +11,13 @@ Why not the ``gthread`` worker: every request there passes from the
 worker's main thread to a pool thread and back, and the threads take turns
 on the GIL. On the two cores this was measured on, two fifths of a
 worker's time holding the GIL went to gunicorn's thread machinery (py-spy),
-with dozens of futex calls a request (strace). In ``make bench``
-(``docs/benchmarks.md``) the usage API answered single events at 25-30 % of
-pgbench's rate through it and at 30-34 % through this adapter in four runs
-on an AMD EPYC machine, and at 23-24 % against 26-27 % in three on an Intel
-Xeon one. The price: connections stay with the worker that accepted them,
-so a few busy persistent connections on one worker queue behind each other
-(under wrk the live region's p99 rose from 21-43 ms to 50-65 ms on the AMD
-machine; it was 24-27 ms on the Intel one). Why not an
-off-the-shelf ASGI-to-WSGI adapter: they run the app in a thread pool,
-which brings the hand-offs back.
+with dozens of futex calls a request (strace); it answered fewer single
+events a second than this adapter in 11 of 14 ``make bench`` runs over
+three machines (README, Benchmarks). The price: connections stay with the
+worker that accepted them, so a few busy persistent connections on one
+worker queue behind each other, which shows in the live region's p99 under
+wrk. Why not an off-the-shelf ASGI-to-WSGI adapter: they run the app in a
+thread pool, which brings the hand-offs back.
 
 Because the app runs in the loop's thread, it cannot wait on the loop for
 its request body: the body is read whole first, up to ``max_body`` bytes,
