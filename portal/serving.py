@@ -12,7 +12,7 @@ worker's main thread to a pool thread and back, and the threads take turns
 on the GIL. On the two cores this was measured on, two fifths of a
 worker's time holding the GIL went to gunicorn's thread machinery (py-spy),
 with dozens of futex calls a request (strace); it answered fewer single
-events a second than this adapter in 11 of 14 ``make bench`` runs over
+events a second than this adapter in 11 of 15 ``make bench`` runs over
 three machines (README, Benchmarks). The price: connections stay with the
 worker that accepted them, so a few busy persistent connections on one
 worker queue behind each other, which shows in the live region's p99 under
