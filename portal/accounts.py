@@ -7,21 +7,27 @@ written, and ``AccountError`` says what is wrong in one sentence.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from portal.database import lone_statement
 from portal.models import ROLES, Membership, Organization, User, UserSubscription
 from portal.plans import FREE, INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
-from portal.usage.subjects import normalize_email
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 STRIPE_CUSTOMER_PATTERN = re.compile(r"^cus_[A-Za-z0-9]+$")
 MIN_PASSWORD_LENGTH = 8
 MAX_SEATS = 100_000
+
+
+def normalize_email(email: str) -> str:
+    """Emails are compared and stored lower-cased, without surrounding spaces."""
+    return email.strip().lower()
 
 
 class AccountError(ValueError):
@@ -137,14 +143,55 @@ def add_member(
     return membership
 
 
+@dataclass(frozen=True)
+class Identity:
+    """The little of a signed-in user every page needs: the id and the email shown in the footer."""
+
+    id: int
+    email: str
+
+
+def active_identity(session: Session, user_id: int) -> Identity | None:
+    """The user with this id, unless they no longer exist or are disabled (then: signed out)."""
+    with lone_statement(session) as connection:
+        row = connection.execute(
+            select(User.id, User.email).where(User.id == user_id, User.disabled_at.is_(None))
+        ).one_or_none()
+    return Identity(row.id, row.email) if row is not None else None
+
+
+class UnknownAccount(LookupError):
+    """No user has this email."""
+
+
+def set_disabled(session: Session, email: str, now: datetime | None) -> User:
+    """Disable the user at ``now`` (``None``: enable again). The caller commits.
+
+    A disabled user is signed out of every session at their next request and
+    nothing more is recorded for them; their usage so far stays counted.
+    """
+    user = session.scalar(select(User).where(User.email == normalize_email(email)))
+    if user is None:
+        raise UnknownAccount(f"no user with email {normalize_email(email)!r}")
+    if now is None or user.disabled_at is None:
+        user.disabled_at = now
+    session.flush()
+    return user
+
+
 # Checked against when the email is unknown, so a wrong email takes as long
 # as a wrong password and timing does not reveal who has an account.
 _UNKNOWN_USER_HASH = generate_password_hash("no account has this password")
 
 
 def authenticate_user(session: Session, email: str, password: str) -> User | None:
-    """The user with this email and password, or ``None`` (one answer for either mistake)."""
-    user = session.scalar(select(User).where(User.email == normalize_email(email)))
+    """The user with this email and password, or ``None`` (one answer for either mistake).
+
+    A disabled user cannot sign in, and is told nothing more than a wrong password.
+    """
+    user = session.scalar(
+        select(User).where(User.email == normalize_email(email), User.disabled_at.is_(None))
+    )
     if user is None or not user.password_hash:
         check_password_hash(_UNKNOWN_USER_HASH, password)
         return None

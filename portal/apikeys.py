@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import secrets
-import threading
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from portal.database import lone_statement
 from portal.models import ApiKey
-from portal.periods import as_utc
-from portal.precompiled import PrecompiledSelect, fetch_rows, lone_statement_connection, precompile
 
 KEY_PREFIX = "usk_"
 """Marks our keys, so a leaked one is recognisable in code and logs."""
@@ -29,10 +26,6 @@ class ApiKeyError(ValueError):
     """A key cannot be created or revoked as asked."""
 
 
-class ApiKeyRevoked(RuntimeError):
-    """The key was revoked before the write it authorized; nothing was written."""
-
-
 @dataclass(frozen=True)
 class ApiKeyInfo:
     id: int
@@ -41,8 +34,6 @@ class ApiKeyInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
-    refreshed: bool = False
-    """True when ``authenticate`` just wrote ``last_used_at`` (the caller commits it)."""
 
 
 def hash_key(key: str) -> str:
@@ -72,7 +63,6 @@ def revoke_api_key(session: Session, name: str, now: datetime) -> ApiKeyInfo:
     if row.revoked_at is None:
         row.revoked_at = now
         session.flush()
-    forget_key(row.key_hash)
     return _info(row)
 
 
@@ -80,85 +70,28 @@ def list_api_keys(session: Session) -> list[ApiKeyInfo]:
     return [_info(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.created_at))]
 
 
-@functools.cache
-def _key_by_hash() -> PrecompiledSelect:
-    query = select(
-        ApiKey.id,
-        ApiKey.name,
-        ApiKey.prefix,
-        ApiKey.created_at,
-        ApiKey.last_used_at,
-        ApiKey.revoked_at,
-    ).where(ApiKey.key_hash == bindparam("key_hash"))
-    return precompile(query, ["key_hash"])
-
-
 def authenticate(session: Session, key: str, now: datetime) -> ApiKeyInfo | None:
-    """The live key matching ``key``, or ``None`` for a malformed, unknown or revoked one."""
-    if not KEY_PATTERN.match(key):
-        return None
-    key_hash = hash_key(key)
-    # Every API call starts here, so the lookup takes the fast path, and leaves
-    # the session without a transaction for the recording that follows.
-    with lone_statement_connection(session) as connection:
-        rows = fetch_rows(connection, _key_by_hash(), {"key_hash": key_hash}, alone=True)
-    if not rows or rows[0][5] is not None:
-        forget_key(key_hash)
-        return None
-    key_id, name, prefix, created_at, last_used_at, _revoked_at = rows[0]
-    info = ApiKeyInfo(
-        key_id,
-        name,
-        prefix,
-        as_utc(created_at),
-        as_utc(last_used_at) if last_used_at else None,
-        None,
-    )
-    if info.last_used_at is None or now - info.last_used_at >= LAST_USED_RESOLUTION:
-        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
-        info = replace(info, last_used_at=now, refreshed=True)
-    _remember(key_hash, info)
-    return info
+    """The live key matching ``key``, or ``None`` for a malformed, unknown or revoked one.
 
-
-REMEMBERED_KEYS = 1_000
-"""How many keys each process remembers between lookups."""
-_remembered: dict[str, ApiKeyInfo] = {}
-_remembered_lock = threading.Lock()
-
-
-def remembered_key(key: str, now: datetime) -> ApiKeyInfo | None:
-    """``key`` as this process last authenticated it, without a lookup; else ``None``.
-
-    Remembered only until its ``last_used_at`` is due for a refresh (a
-    minute), so ``authenticate`` still keeps that up to date. The key may
-    have been revoked since: use it only to authorize a write that checks
-    the key is still live in the same statement (``record_request``'s
-    ``api_key_id``), which then raises ``ApiKeyRevoked`` and writes nothing.
-    Recording a suggestion then costs one round trip instead of two.
+    Every API call starts here: one lookup by the key's hash, as a lone
+    statement. ``last_used_at`` is written at most once a minute, so a busy
+    key's row is not a hot spot.
     """
     if not KEY_PATTERN.match(key):
         return None
-    info = _remembered.get(hash_key(key))
-    if info is None or info.last_used_at is None:
-        return None
-    if now - info.last_used_at >= LAST_USED_RESOLUTION:
-        return None
+    with lone_statement(session) as connection:
+        row = connection.execute(
+            select(
+                ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.created_at, ApiKey.last_used_at
+            ).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        ).one_or_none()
+        if row is None:
+            return None
+        info = ApiKeyInfo(row.id, row.name, row.prefix, row.created_at, row.last_used_at, None)
+        if info.last_used_at is None or now - info.last_used_at >= LAST_USED_RESOLUTION:
+            connection.execute(update(ApiKey).where(ApiKey.id == info.id).values(last_used_at=now))
+            info = replace(info, last_used_at=now)
     return info
-
-
-def forget_key(key_hash: str) -> None:
-    """Drop a key this process remembers (it was revoked, or is unknown)."""
-    with _remembered_lock:
-        _remembered.pop(key_hash, None)
-
-
-def _remember(key_hash: str, info: ApiKeyInfo) -> None:
-    with _remembered_lock:
-        _remembered.pop(key_hash, None)
-        if len(_remembered) >= REMEMBERED_KEYS:
-            del _remembered[next(iter(_remembered))]  # the oldest
-        _remembered[key_hash] = replace(info, refreshed=False)
 
 
 def _info(row: ApiKey) -> ApiKeyInfo:

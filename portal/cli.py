@@ -10,7 +10,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal import clock
-from portal.accounts import AccountError, create_organization, create_user
+from portal.accounts import (
+    AccountError,
+    UnknownAccount,
+    create_organization,
+    create_user,
+    set_disabled,
+)
 from portal.apikeys import ApiKeyError, create_api_key, list_api_keys, revoke_api_key
 from portal.billing import cli as billing_cli
 from portal.extensions import db
@@ -97,6 +103,36 @@ def create_user_command(
     click.echo(f"Created user {user.email} ({plan_id}{joined}).")
 
 
+@click.command("disable-user")
+@click.option("--email", required=True)
+def disable_user_command(email: str) -> None:
+    """Disable a user: signed out everywhere at their next request, nothing more recorded."""
+    try:
+        user = set_disabled(_session(), email, clock.now())
+    except UnknownAccount as error:
+        db.session.rollback()
+        raise click.UsageError(str(error)) from error
+    db.session.commit()
+    assert user.disabled_at is not None
+    click.echo(
+        f"Disabled {user.email} (since {user.disabled_at:%Y-%m-%d %H:%M} UTC): signed out at "
+        "the next request; the API refuses to record for them. Usage so far stays counted."
+    )
+
+
+@click.command("enable-user")
+@click.option("--email", required=True)
+def enable_user_command(email: str) -> None:
+    """Enable a disabled user again: they may sign in, and their usage is recorded."""
+    try:
+        user = set_disabled(_session(), email, None)
+    except UnknownAccount as error:
+        db.session.rollback()
+        raise click.UsageError(str(error)) from error
+    db.session.commit()
+    click.echo(f"Enabled {user.email}.")
+
+
 @click.command("seed-demo")
 def seed_demo_command() -> None:
     """Load the demo data set into an empty database (does nothing otherwise)."""
@@ -166,6 +202,8 @@ def init_app(app: Flask) -> None:
         create_org_command,
         create_user_command,
         seed_demo_command,
+        disable_user_command,
+        enable_user_command,
         create_api_key_command,
         revoke_api_key_command,
         list_api_keys_command,

@@ -1,12 +1,13 @@
 """Settings read from the environment, checked once at start-up.
 
 A missing or invalid setting raises ``ConfigError`` whose message is one line
-naming the variable; ``wsgi.py`` prints it and exits.
+naming the variable. Only serving pages needs ``SECRET_KEY`` (it signs the
+session cookies): ``flask`` commands and the reporter run without one, and
+``check_serving`` refuses to start a production server without it.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from limits import parse_many
 
 ENVIRONMENTS = ("production", "development", "test")
 DEFAULT_API_RATE_LIMIT = "6000 per minute"
+DEFAULT_POLL_SECONDS = 10
 MAX_REQUEST_BODY = 4 * 1024 * 1024
-"""Bytes: the longest request body the portal reads (Flask's ``MAX_CONTENT_LENGTH``),
-room for a batch of 1,000 usage events each carrying the largest metadata allowed."""
+"""Bytes: the longest request body any route reads (a batch of 1,000 usage events each
+carrying the largest metadata allowed); routes set smaller limits of their own."""
 DEVELOPMENT_SECRET_KEY = "dev-only-insecure-secret-key"  # noqa: S105 - never used in production
+TRUE_WORDS = ("1", "true", "yes", "on")
 
 
 class ConfigError(Exception):
@@ -26,45 +29,31 @@ class ConfigError(Exception):
 
 
 def normalize_database_url(url: str) -> str:
-    """Accept the common URL forms and pick the drivers this project ships.
-
-    ``postgres://`` and ``postgresql://`` use psycopg 3; ``sqlite:///path``
-    is used as given.
-    """
+    """Accept the common PostgreSQL URL forms and pick psycopg 3, the driver this project ships."""
     url = url.strip()
     for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
-    if url.startswith(("postgresql+psycopg://", "sqlite://")):
+    if url.startswith("postgresql+psycopg://"):
         return url
-    raise ConfigError(
-        "DATABASE_URL must start with postgresql:// or sqlite:///, got "
-        f"{url.split('://', 1)[0] + '://' if '://' in url else repr(url)}"
-    )
+    scheme = url.split("://", 1)[0] + "://" if "://" in url else repr(url)
+    raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, got {scheme}")
 
 
-def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any]:
-    """Flask settings from environment variables (see the README's table)."""
-    env = environ.get("PORTAL_ENV", "production").strip() or "production"
-    if env not in ENVIRONMENTS:
-        raise ConfigError(f"PORTAL_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env!r}")
+def load_config(
+    environ: Mapping[str, str], instance_path: str, *, database_url: str | None = None
+) -> dict[str, Any]:
+    """Flask settings from environment variables (see the README's table).
 
-    default_db = "sqlite:///" + str(Path(instance_path) / "portal.db")
-    database_url = normalize_database_url(environ.get("DATABASE_URL") or default_db)
+    ``database_url`` overrides ``DATABASE_URL`` (tests); with neither, the
+    embedded development server is used (``portal.devdb``), started if need be.
+    """
+    env = _environment(environ)
+    secret_key = _secret_key(environ, env)
 
-    secret_key = environ.get("SECRET_KEY", "")
-    if not secret_key:
-        if env == "production":
-            raise ConfigError(
-                "SECRET_KEY is required in production (set PORTAL_ENV=development to run locally)"
-            )
-        secret_key = DEVELOPMENT_SECRET_KEY
-    elif len(secret_key) < 16:
-        raise ConfigError("SECRET_KEY must be at least 16 characters long")
-
-    port_text = environ.get("PORT", "5000").strip()
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ConfigError(f"PORT must be a whole number from 1 to 65535, got {port_text!r}")
+    port = _whole_number(environ, "PORT", "5000", 1, 65535)
+    proxies = _whole_number(environ, "TRUSTED_PROXIES", "0", 0, 5)
+    poll_seconds = _whole_number(environ, "POLL_SECONDS", str(DEFAULT_POLL_SECONDS), 1, 3600)
 
     storage = environ.get("RATE_LIMIT_STORAGE_URL", "memory://").strip() or "memory://"
     if not storage.startswith(("memory://", "redis://", "rediss://")):
@@ -80,19 +69,24 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
             f"API_RATE_LIMIT must look like '6000 per minute', got {api_rate_limit!r}"
         ) from None
 
-    proxies = environ.get("TRUSTED_PROXIES", "0").strip()
-    if not proxies.isdigit() or int(proxies) > 5:
-        raise ConfigError(f"TRUSTED_PROXIES must be a whole number from 0 to 5, got {proxies!r}")
+    maintenance = environ.get("PORTAL_MAINTENANCE", "").strip().lower()
+    if maintenance not in ("", "0", "false", "no", "off", *TRUE_WORDS):
+        raise ConfigError(f"PORTAL_MAINTENANCE must be 1 or 0, got {maintenance!r}")
+
+    if database_url is None:
+        database_url = environ.get("DATABASE_URL", "").strip() or _embedded_url(instance_path)
 
     return {
         "PORTAL_ENV": env,
-        "TRUSTED_PROXIES": int(proxies),
-        "RATELIMIT_STORAGE_URI": storage,
-        "API_RATE_LIMIT": api_rate_limit,
         "TESTING": env == "test",
         "SECRET_KEY": secret_key,
-        "PORT": int(port_text),
-        "SQLALCHEMY_DATABASE_URI": database_url,
+        "PORT": port,
+        "TRUSTED_PROXIES": proxies,
+        "POLL_SECONDS": poll_seconds,
+        "PORTAL_MAINTENANCE": maintenance in TRUE_WORDS,
+        "RATE_LIMIT_STORAGE_URL": storage,
+        "API_RATE_LIMIT": api_rate_limit,
+        "SQLALCHEMY_DATABASE_URI": normalize_database_url(database_url),
         # Session cookies: never readable by scripts, not sent on cross-site
         # POSTs, and only over HTTPS in production.
         "SESSION_COOKIE_HTTPONLY": True,
@@ -100,19 +94,56 @@ def load_config(environ: Mapping[str, str], instance_path: str) -> dict[str, Any
         "SESSION_COOKIE_SECURE": env == "production",
         "MAX_CONTENT_LENGTH": MAX_REQUEST_BODY,  # 413 past it, on every page and endpoint
         "WTF_CSRF_TIME_LIMIT": None,  # valid as long as the session: dashboards stay open
-        "SQLALCHEMY_ENGINE_OPTIONS": engine_options(database_url),
     }
 
 
-def engine_options(database_url: str) -> dict[str, Any]:
-    """Engine settings per backend: SQLite waits for the writer lock instead of failing.
+def check_serving(environ: Mapping[str, str]) -> None:
+    """Refuse to serve production pages without a secret key or a database of their own.
 
-    Dead PostgreSQL connections are caught by ``portal.ping_connections_after_idle``.
+    Run by the production server before it starts (``gunicorn_config.py``);
+    ``flask`` commands need neither.
     """
-    if database_url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 30}}
-    return {}
+    if _environment(environ) != "production":
+        return
+    if _secret_key(environ, "production") is None:
+        raise ConfigError(
+            "SECRET_KEY is required to serve pages in production "
+            "(set PORTAL_ENV=development to run locally)"
+        )
+    if not environ.get("DATABASE_URL", "").strip():
+        raise ConfigError("DATABASE_URL is required to serve in production")
 
 
-def environ_config(instance_path: str) -> dict[str, Any]:
-    return load_config(os.environ, instance_path)
+def _environment(environ: Mapping[str, str]) -> str:
+    env = environ.get("PORTAL_ENV", "production").strip() or "production"
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"PORTAL_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env!r}")
+    return env
+
+
+def _secret_key(environ: Mapping[str, str], env: str) -> str | None:
+    """The key that signs session cookies; production has none unless it is set."""
+    secret_key = environ.get("SECRET_KEY", "") or None
+    if secret_key is None:
+        return None if env == "production" else DEVELOPMENT_SECRET_KEY
+    if len(secret_key) < 16:
+        raise ConfigError("SECRET_KEY must be at least 16 characters long")
+    return secret_key
+
+
+def _whole_number(
+    environ: Mapping[str, str], name: str, default: str, lowest: int, highest: int
+) -> int:
+    text = environ.get(name, default).strip()
+    if not (text.isascii() and text.isdigit()) or not lowest <= int(text) <= highest:
+        raise ConfigError(f"{name} must be a whole number from {lowest} to {highest}, got {text!r}")
+    return int(text)
+
+
+def _embedded_url(instance_path: str) -> str:
+    from portal import devdb
+
+    try:
+        return devdb.database_url(Path(instance_path))
+    except devdb.EmbeddedUnavailable as error:
+        raise ConfigError(str(error)) from None

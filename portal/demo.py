@@ -21,7 +21,8 @@ from portal.accounts import create_organization, create_user
 from portal.models import UsageEvent, User, usage_report_backlog
 from portal.periods import add_months
 from portal.plans import get_plan
-from portal.usage.recording import UsageRequest, record_validated
+from portal.usage.recording import record_for
+from portal.usage.requests import UsageRequest
 from portal.usage.subjects import resolve_effective_plan
 
 DEMO_PASSWORD = "demo-password"
@@ -232,7 +233,7 @@ def _backfill(
             request = UsageRequest(
                 f"demo-{user_id}-{back}-{n}", "suggestion", quantity, moment, None
             )
-            if record_validated(session, effective, request, moment).event_id is not None:
+            if record_for(session, effective, request, moment).event_id is not None:
                 created += 1
     return created
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -11,8 +9,9 @@ from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
-# Stable constraint names, so migrations can name what they alter or drop on
-# both SQLite and PostgreSQL.
+from portal.encoding import dumps
+
+# Stable constraint names, so migrations can name what they alter or drop.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -26,12 +25,9 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-db = SQLAlchemy(model_class=Base)
-migrate = Migrate(render_as_batch=True)
-
-# Rate limits (sign-in attempts, API keys). Storage comes from
-# RATELIMIT_STORAGE_URI: in memory by default, Redis when configured.
-limiter = Limiter(key_func=get_remote_address, headers_enabled=True)
+# JSON columns are written by the portal's one encoder.
+db = SQLAlchemy(model_class=Base, engine_options={"json_serializer": dumps})
+migrate = Migrate()
 
 login_manager = LoginManager()
 csrf = CSRFProtect()

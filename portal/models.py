@@ -37,10 +37,10 @@ from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """An aware UTC datetime on every engine.
+    """An aware datetime in UTC, stored as ``timestamptz``.
 
-    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so the value
-    is stored as naive UTC and given its zone back when read.
+    A naive datetime is refused rather than guessed, and values come back in
+    UTC whatever the connection's time zone.
     """
 
     impl = DateTime(timezone=True)
@@ -51,13 +51,17 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"refusing to store naive datetime {value.isoformat()}")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    # Looked up at each insert, so a test that sets the clock moves these too.
+    return clock.now()
 
 
 # Subscription states in which the customer keeps the plan's allowance: a
@@ -92,7 +96,7 @@ class Organization(db.Model):  # type: ignore[name-defined,misc]
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
     billing_anchor: Mapped[datetime] = mapped_column(UTCDateTime())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=clock.now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="organization")
 
@@ -112,7 +116,9 @@ class User(UserMixin, db.Model):  # type: ignore[name-defined,misc]
     email: Mapped[str] = mapped_column(String(254), unique=True)
     display_name: Mapped[str] = mapped_column(String(200))
     password_hash: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=clock.now)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """Set by ``flask disable-user``: signed out everywhere, and nothing more is recorded."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user")
     subscription: Mapped[UserSubscription | None] = relationship(back_populates="user")
@@ -132,7 +138,7 @@ class Membership(db.Model):  # type: ignore[name-defined,misc]
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=clock.now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
     user: Mapped[User] = relationship(back_populates="memberships")
     organization: Mapped[Organization] = relationship(back_populates="memberships")
@@ -154,7 +160,7 @@ class UserSubscription(db.Model):  # type: ignore[name-defined,misc]
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
     billing_anchor: Mapped[datetime] = mapped_column(UTCDateTime())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=clock.now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
     user: Mapped[User] = relationship(back_populates="subscription")
 
@@ -230,7 +236,7 @@ Written by the statement that records the event and deleted by the claim
 that takes it, so reporting never updates ``usage_events`` (a wide table
 with large indexes, where every update would rewrite the row and each of
 them). No primary key or foreign key: rows are only ever inserted with their
-event and deleted by position (``ctid``/``rowid``), and either would cost the
+event and deleted by position (``ctid``), and either would cost the
 recording of every suggestion an index lookup more.
 """
 
@@ -246,7 +252,6 @@ class UsageReportSkip(db.Model):  # type: ignore[name-defined,misc]
         Index(
             "ix_usage_report_skips_unbilled",
             "created_at",
-            sqlite_where=text("reason = 'no_customer' AND requeued_at IS NULL"),
             postgresql_where=text("reason = 'no_customer' AND requeued_at IS NULL"),
         ),
     )
@@ -284,7 +289,6 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
             "user_id",
             "period_start",
             unique=True,
-            sqlite_where=text("user_id IS NOT NULL"),
             postgresql_where=text("user_id IS NOT NULL"),
         ),
         Index(
@@ -292,7 +296,6 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
             "organization_id",
             "period_start",
             unique=True,
-            sqlite_where=text("organization_id IS NOT NULL"),
             postgresql_where=text("organization_id IS NOT NULL"),
         ),
     )
@@ -307,7 +310,6 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
     used: Mapped[int] = mapped_column(Integer)
     included: Mapped[int] = mapped_column(Integer)
     plan_id: Mapped[str] = mapped_column(String(32))
-    stripe_meter_id: Mapped[str | None] = mapped_column(String(255))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -341,7 +343,7 @@ class ApiKey(db.Model):  # type: ignore[name-defined,misc]
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     """The key's first characters, to recognise it in listings and logs."""
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=clock.now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -396,7 +398,6 @@ class UsageReportBatch(db.Model):  # type: ignore[name-defined,misc]
             "ix_usage_report_batches_open",
             "status",
             "id",
-            sqlite_where=text("status <> 'sent'"),
             postgresql_where=text("status <> 'sent'"),
         ),
     )

@@ -117,6 +117,40 @@ def percent_used(used: int, included: int) -> Decimal:
     return (Decimal(used * 100) / Decimal(included)).quantize(Decimal("0.1"))
 
 
+@dataclass(frozen=True)
+class UsageFigures:
+    """Usage against an allowance on a plan: the one arithmetic of percent, level and overage.
+
+    The live status, each period of history and an organization's pool are
+    all this, with more around it.
+    """
+
+    plan: Plan
+    used: int
+    included: int
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.included - self.used)
+
+    @property
+    def percent(self) -> Decimal:
+        return percent_used(self.used, self.included)
+
+    @property
+    def warning_level(self) -> WarningLevel:
+        return warning_level(self.used, self.included)
+
+    @property
+    def overage_count(self) -> int:
+        """Suggestions over the included amount that are billed; none on a hard cap."""
+        return 0 if self.plan.is_hard_capped else max(0, self.used - self.included)
+
+    @property
+    def overage_cost_cents(self) -> int:
+        return self.plan.overage_cost_cents(self.overage_count)
+
+
 # Event types the assistant records. Only quota-consuming ones count against
 # the plan and are billed; a refinement of a suggestion is recorded for the
 # record but free, as in the original assistant.

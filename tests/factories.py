@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -12,6 +13,22 @@ from portal.models import Organization, User
 
 _counter = itertools.count(1)
 T0 = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
+NOW = T0 + timedelta(days=3)
+"""Where every test's clock starts (``tests.conftest.clock``)."""
+
+
+@dataclass
+class FrozenClock:
+    """``portal.clock.now`` during a test: it moves only when the test moves it."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> datetime:
+        self.now += delta
+        return self.now
 
 
 def make_org(

@@ -36,10 +36,12 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+
+from portal import clock as portal_clock
 
 MAX_PAST = timedelta(days=35)
 MAX_FUTURE = timedelta(minutes=5)
@@ -165,7 +167,8 @@ class StripeStandIn:
     ) -> None:
         self.api_key = api_key
         """When set, other keys get 401; otherwise any sk_/rk_ key is accepted."""
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        # Stripe's own time: by default the portal's clock, which tests set.
+        self.clock: Callable[[], datetime] = clock or (lambda: portal_clock.now())
         self.missing_customers: set[str] = set()
         """Customers Stripe does not know: their events get 400 resource_missing."""
         self.record_requests = record_requests

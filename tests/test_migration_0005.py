@@ -8,25 +8,22 @@ checks the events say what they said before.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import MetaData, create_engine, make_url, null, select, text
+from sqlalchemy import MetaData, null, select, text
 from sqlalchemy.engine import Connection
 
 from portal import create_app
-from portal.config import normalize_database_url
 from portal.extensions import db
 from portal.models import UsageReportBatch, UsageReportSkip, usage_report_backlog
 from tests.billing.helpers import report_states
-from tests.conftest import ENGINES, MIGRATIONS, TEST_DATABASE_URL
+from tests.conftest import MIGRATIONS, scratch_database
 
 T = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 EVENTS = {
@@ -44,34 +41,11 @@ EVENTS = {
 BATCHES = {"pending batch": "pending", "sent batch": "sent", "failed batch": "failed"}
 
 
-@pytest.fixture(params=ENGINES)
-def blank_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture
+def blank_database() -> Iterator[str]:
     """An empty database of its own, for migrating step by step."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'migrating.db'}"
-        return
-    admin_url = normalize_database_url(TEST_DATABASE_URL)
-    name = (
-        f"portal_migrating_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{uuid.uuid4().hex[:8]}"
-    )
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _stored(conn: Connection, event_id: uuid.UUID) -> object:
-    # As the Uuid type stores it: native on PostgreSQL, 32 hex digits on SQLite.
-    return event_id if conn.dialect.name == "postgresql" else event_id.hex
-
-
-def _when(conn: Connection, moment: datetime) -> datetime:
-    return moment if conn.dialect.name == "postgresql" else moment.replace(tzinfo=None)
+    with scratch_database("portal_migrating") as url:
+        yield url
 
 
 def _fill_revision_0004(conn: Connection) -> dict[str, uuid.UUID]:
@@ -82,12 +56,12 @@ def _fill_revision_0004(conn: Connection) -> dict[str, uuid.UUID]:
     )
     conn.execute(
         users.insert(),
-        {"id": 1, "email": "a@example.com", "display_name": "A", "created_at": _when(conn, T)},
+        {"id": 1, "email": "a@example.com", "display_name": "A", "created_at": T},
     )
     ids = {name: uuid.uuid4() for name in EVENTS}
     batch_ids = {}
     for n, (name, status) in enumerate(BATCHES.items(), start=1):
-        listed = [_stored(conn, ids[e]) for e, state in EVENTS.items() if state[1] == name]
+        listed = [ids[e] for e, state in EVENTS.items() if state[1] == name]
         batch_ids[name] = n
         conn.execute(
             batches.insert(),
@@ -96,16 +70,16 @@ def _fill_revision_0004(conn: Connection) -> dict[str, uuid.UUID]:
                 "identifier": f"aiu_{n}",
                 "stripe_customer_id": "cus_1",
                 "event_name": "ai_suggestion",
-                "period_start": _when(conn, T),
-                "period_end": _when(conn, T + timedelta(days=30)),
+                "period_start": T,
+                "period_end": T + timedelta(days=30),
                 "value": len(listed),
                 "event_count": len(listed),
-                "meter_timestamp": _when(conn, T),
+                "meter_timestamp": T,
                 "status": status,
                 "attempts": 1,
-                "created_at": _when(conn, T),
-                "queued_at": _when(conn, T),
-                "sent_at": _when(conn, T + timedelta(hours=1)) if status == "sent" else None,
+                "created_at": T,
+                "queued_at": T,
+                "sent_at": T + timedelta(hours=1) if status == "sent" else None,
                 # 0004: only a pending batch lists its events; the others hold SQL NULL.
                 "event_ids": [str(i) for i in listed] if status == "pending" else null(),
             },
@@ -114,18 +88,18 @@ def _fill_revision_0004(conn: Connection) -> dict[str, uuid.UUID]:
         conn.execute(
             events.insert(),
             {
-                "id": _stored(conn, ids[name]),
+                "id": ids[name],
                 "user_id": 1,
                 "organization_id": None,
                 "plan_id": "free" if reason == "free_plan" else "pro",
                 "event_type": "suggestion",
                 "quantity": 1,
                 "idempotency_key": f"key-{n}",
-                "occurred_at": _when(conn, T),
-                "recorded_at": _when(conn, T),
-                "period_start": _when(conn, T),
-                "period_end": _when(conn, T + timedelta(days=30)),
-                "stripe_reported_at": _when(conn, T + timedelta(hours=1)) if reported else None,
+                "occurred_at": T,
+                "recorded_at": T,
+                "period_start": T,
+                "period_end": T + timedelta(days=30),
+                "stripe_reported_at": T + timedelta(hours=1) if reported else None,
                 "report_status": status,
                 "report_batch_id": batch_ids[batch] if status == "batched" else None,
                 "report_skip_reason": reason,

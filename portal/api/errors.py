@@ -1,15 +1,21 @@
-"""One error shape for the whole API: ``{"error": {"code", "message", "fields"?}}``."""
+"""One error shape for the whole API: ``{"error": {"code", "message", "fields"?}}``.
+
+The API is an app of its own, so every refusal under ``/api`` (its own, a
+routing 404, a 413, maintenance, a crash) is answered here, as JSON.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from portal.extensions import db
+from portal.maintenance import UnderMaintenance
 
-API_PREFIX = "/api/"
+log = logging.getLogger(__name__)
 
 # Machine-readable codes for the HTTP errors Werkzeug raises before a view runs.
 HTTP_CODES = {
@@ -61,21 +67,25 @@ def user_not_found() -> ApiError:
     return ApiError(404, "user_not_found", "No user has this email address.")
 
 
-def server_failed() -> ApiError:
-    return ApiError(500, "internal_error", "The server failed; retry the request.")
+def rate_limited(wait: int) -> ApiError:
+    return ApiError(429, "rate_limited", RATE_LIMITED, headers={"Retry-After": str(wait)})
 
 
 def from_http_exception(error: HTTPException) -> ApiError:
-    """An HTTP error raised outside our views (routing, size limits, rate limits) as the API's.
+    """An HTTP error raised outside our views (routing, size limits, maintenance) as the API's.
 
-    Keeps Allow on 405 and Retry-After on 429.
+    Keeps Allow on 405 and Retry-After on 429 and 503.
     """
     status = error.code or 500
-    message = RATE_LIMITED if status == 429 else (error.description or error.name)
+    if isinstance(error, UnderMaintenance):
+        code, message = "maintenance", error.description
+    else:
+        code = HTTP_CODES.get(status, "http_error")
+        message = RATE_LIMITED if status == 429 else (error.description or error.name)
     headers = {
         header: value for header, value in error.get_headers() if header.lower() != "content-type"
     }
-    return ApiError(status, HTTP_CODES.get(status, "http_error"), message, headers=headers)
+    return ApiError(status, code, str(message), headers=headers)
 
 
 def error_response(error: ApiError) -> Response:
@@ -85,17 +95,21 @@ def error_response(error: ApiError) -> Response:
     return response
 
 
-def is_api_request() -> bool:
-    return request.path.startswith(API_PREFIX)
-
-
-def api_error_response(error: ApiError | HTTPException) -> Response:
-    """The JSON answer to a refused API request; what it began is rolled back."""
-    db.session.rollback()
-    if isinstance(error, HTTPException):
-        error = from_http_exception(error)
-    return error_response(error)
-
-
 def register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(ApiError, api_error_response)
+    @app.errorhandler(ApiError)
+    def _refused(error: ApiError) -> Response:
+        db.session.rollback()  # whatever the refused request began
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> Response:
+        db.session.rollback()
+        return error_response(from_http_exception(error))
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        db.session.rollback()
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(
+            ApiError(500, "internal_error", "The server failed; retry the request.")
+        )

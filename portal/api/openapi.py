@@ -7,7 +7,7 @@ from typing import Any
 
 from portal.plans import EVENT_TYPES, PLANS, WarningLevel
 from portal.usage.batch import MAX_BATCH_SIZE, BatchResult
-from portal.usage.recording import MAX_IDEMPOTENCY_KEY_LENGTH, MAX_QUANTITY
+from portal.usage.requests import MAX_IDEMPOTENCY_KEY_LENGTH, MAX_QUANTITY
 from portal.usage.status import Reason
 
 
@@ -37,7 +37,11 @@ COMMON_ERRORS = {
         "Missing, malformed, unknown or revoked API key.",
         {"WWW-Authenticate": {"schema": {"type": "string"}}},
     ),
-    "429": _error("Rate limit of this API key reached.", RETRY_AFTER),
+    "429": _error(
+        "Rate limit of this API key, or of failed authentication from this address, reached.",
+        RETRY_AFTER,
+    ),
+    "503": _error("Down for maintenance (code `maintenance`); nothing was changed.", RETRY_AFTER),
 }
 BODY_ERRORS = {
     "400": _error("The body is not valid JSON."),
@@ -223,6 +227,9 @@ def openapi_document() -> dict[str, Any]:
                             "This idempotency key was recorded before; nothing new was counted.",
                         ),
                         "402": _error("The plan's hard cap is reached; nothing was recorded."),
+                        "403": _error(
+                            "The user is disabled (code `user_disabled`); nothing was recorded."
+                        ),
                         "404": _error("No such user."),
                         "409": _error("The idempotency key was used for a different usage."),
                         **BODY_ERRORS,

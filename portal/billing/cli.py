@@ -88,8 +88,8 @@ def _settings_or_exit(ctx: click.Context) -> StripeSettings:
     type=click.IntRange(1, MAX_SENDERS),
     default=DEFAULT_CLI_SENDERS,
     show_default=True,
-    help="Meter events sent at once, on a database connection each (PostgreSQL; "
-    "SQLite sends one at a time). Never two at once for one customer.",
+    help="Meter events sent at once, on a database connection each. "
+    "Never two at once for one customer.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--retry-failed", is_flag=True, help="Put failed batches back and send them again.")
@@ -197,8 +197,6 @@ def preview_total(session: Session) -> int:
 
 def summary_line(summary: ReportSummary) -> str:
     """One line for the cron log."""
-    if summary.locked_out:
-        return "report-usage: another run is reporting from this SQLite database; nothing done"
     reasons = ", ".join(
         f"{name} {count}" for name, count in sorted(summary.skipped_reasons.items())
     )

@@ -4,10 +4,9 @@ Why nothing is lost or billed twice, through crashes, timeouts and overlapping r
 
 1. **Claim.** Recording a usage event also puts it in the backlog
    (``usage_report_backlog``, one small row per event). A run takes it in
-   chunks of at most ``batch_size``: PostgreSQL locks a chunk with ``SELECT …
-   FOR UPDATE SKIP LOCKED`` (so concurrent runs on several machines take
-   disjoint events) and deletes it in the same statement; SQLite takes one
-   under ``BEGIN IMMEDIATE``, one writer at a time. The chunk is grouped by
+   chunks of at most ``batch_size``: it locks a chunk with ``SELECT … FOR
+   UPDATE SKIP LOCKED`` (so concurrent runs on several machines take
+   disjoint events) and deletes it in the same statement. The chunk is grouped by
    (Stripe customer, meter, billing period) into report batches, and the
    batch rows, with their identifier, value, timestamp and the ids of their
    events (``event_ids``), are committed in that same transaction, *before*
@@ -47,25 +46,20 @@ database at all).
 from __future__ import annotations
 
 import enum
-import fcntl
-import functools
 import hashlib
-import json
 import math
-import os
 import random
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Integer, String, bindparam, insert, select, text, update
+from sqlalchemy import Engine, Integer, String, bindparam, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -73,7 +67,7 @@ from portal.billing.gateway import Delivery, DeliveryStatus, MeterEvent, MeterEv
 from portal.billing.settings import DEFAULT_METER_EVENT_NAME
 from portal.models import UsageReportBatch, UsageReportRun, UsageReportSkip, UTCDateTime
 from portal.plans import PLANS, QUOTA_EVENT_TYPES
-from portal.usage.recording import ENQUEUE
+from portal.usage.store import ENQUEUE
 
 STRIPE_MAX_EVENT_AGE = timedelta(days=35)
 """Stripe refuses meter events whose timestamp is older than this."""
@@ -176,8 +170,8 @@ class ReportOptions:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     senders: int = DEFAULT_SENDERS
-    """Batches sent at once, each by a thread on a connection of its own (PostgreSQL
-    only; SQLite sends one at a time). Never two at once for one customer and meter."""
+    """Batches sent at once, each by a thread on a connection of its own. Never two at once
+    for one customer and meter."""
     worker: str = ""
     """Who runs the report (host:pid), recorded with the run."""
 
@@ -215,8 +209,6 @@ class ReportSummary:
     duration_s: float = 0.0
     error: str | None = None
     """A configuration problem found on the way (Stripe refused the API key)."""
-    locked_out: bool = False
-    """Another run holds the SQLite database's reporter lock; nothing was done."""
     run_id: int | None = None
 
     @property
@@ -253,7 +245,6 @@ class ReportSummary:
             "duration_s": round(self.duration_s, 3),
             "exit_code": self.exit_code,
             "error": self.error,
-            "locked_out": self.locked_out,
             "run_id": self.run_id,
         }
 
@@ -309,7 +300,6 @@ def requeue_unbilled(session: Session, now: datetime) -> int:
     the window stay with it, unbilled: Stripe would refuse them (bill them
     by hand). The caller commits.
     """
-    dialect = session.get_bind().dialect.name
     # Take the skips first, in one statement that only takes those not yet
     # taken: of two runs at once, each skip goes back with one only, or its
     # events would wait twice in the backlog and be billed twice.
@@ -332,7 +322,7 @@ def requeue_unbilled(session: Session, now: datetime) -> int:
         return 0
     listed = text(
         f"{ENQUEUE} SELECT e.id, e.organization_id, e.user_id, e.period_start "
-        f"FROM ({_LISTED_EVENT_IDS[dialect]}) AS listed "
+        f"FROM ({listed_event_ids('usage_report_skips')}) AS listed "
         "JOIN usage_events AS e ON e.id = listed.event_id "
         "WHERE listed.owner IN :skip_ids AND e.occurred_at >= :since"
     ).bindparams(bindparam("skip_ids", expanding=True), bindparam("since", type_=UTCDateTime()))
@@ -360,60 +350,7 @@ def report_usage(
     skipped or failed) after each step, for a progress bar.
     """
     options = options or ReportOptions()
-    with _exclusive_run(session) as acquired:
-        if not acquired:
-            return ReportSummary(locked_out=True)
-        run = _Run(session, gateway, now, options, sleep, monotonic, on_progress)
-        return run.execute()
-
-
-@contextmanager
-def _exclusive_run(session: Session) -> Iterator[bool]:
-    """On SQLite, one reporter at a time: a lock file beside the database.
-
-    PostgreSQL needs none (its row and advisory locks let runs overlap
-    safely). On SQLite there are no row locks, so a second overlapping run
-    would send the same batches at the same time; it steps aside instead.
-    The lock goes with the process, however it ends.
-    """
-    url = session.get_bind().engine.url
-    database = url.database
-    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        yield True
-        return
-    descriptor = os.open(f"{database}.report-usage.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(descriptor)
-
-
-@dataclass
-class _Group:
-    """Usage of one claim going into one batch."""
-
-    ids: list[str] = field(default_factory=list)
-    """Event ids as the database spells them (opaque strings)."""
-    value: int = 0
-    latest: datetime | None = None
-    oldest: datetime | None = None
-
-    def add(self, event_id: str, quantity: int, occurred_at: datetime) -> None:
-        self.ids.append(event_id)
-        self.value += quantity
-        if self.latest is None or occurred_at > self.latest:
-            self.latest = occurred_at
-        if self.oldest is None or occurred_at < self.oldest:
-            self.oldest = occurred_at
-
-
-# (customer, period_start, period_end, too_old)
-_GroupKey = tuple[str, datetime, datetime, bool]
+    return _Run(session, gateway, now, options, sleep, monotonic, on_progress).execute()
 
 
 class _Run:
@@ -438,8 +375,6 @@ class _Run:
         self.started = now
         self.started_monotonic = monotonic()
         self.deadline = self.started_monotonic + options.max_seconds
-        self.dialect = session.get_bind().dialect.name
-        self.statements = _statements(self.dialect)
         self.random = random.Random()
         self.run_id: int | None = None
         self.cursor = 0
@@ -605,15 +540,8 @@ class _Run:
 
         Returns how many events left the backlog; 0 when it is empty.
         """
-        if self.dialect == "postgresql":
-            return self._claim_in_sql(size)
-        return self._claim_in_python(size)
-
-    def _claim_in_sql(self, size: int) -> int:
-        """PostgreSQL: the claim is one statement; no event row travels to Python."""
         session = self.session
-        assert self.statements.claim is not None
-        rows = session.execute(self.statements.claim, self.claim_parameters(size)).all()
+        rows = session.execute(CLAIM, self.claim_parameters(size)).all()
         session.commit()
         claimed = failed = failed_events = 0
         reasons: Counter[str] = Counter()
@@ -648,102 +576,6 @@ class _Run:
             "paid_plans": sorted(PAID_PLAN_IDS),
         }
 
-    def _claim_in_python(self, size: int) -> int:
-        """SQLite: read the claim, group it here, and write batches and skips."""
-        session = self.session
-        statements = self.statements
-        now = self.now()
-        cutoff = now - STRIPE_MAX_EVENT_AGE + CLAIM_AGE_MARGIN
-        # Take the write lock before reading, so the events read are the
-        # ones written: no other writer can slip in between.
-        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-        assert statements.fetch_claim is not None and statements.dequeue is not None
-        rows = statements.fetch_claim(session, size)
-        if not rows:
-            session.commit()
-            return 0
-
-        groups: dict[_GroupKey, _Group] = {}
-        skips: dict[SkipReason, _Group] = {}
-        positions = []
-        for position, event_id, quantity, occurred_at, start, end, kind, plan, cus in rows:
-            positions.append(position)
-            reason = skip_reason(kind, plan, cus)
-            if reason is not None:
-                skips.setdefault(reason, _Group()).add(event_id, quantity, occurred_at)
-                continue
-            key = (cus, start, end, occurred_at < cutoff)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = _Group()
-            group.add(event_id, quantity, occurred_at)
-
-        session.execute(statements.dequeue, {"positions": json.dumps(positions)})
-        for reason, group in skips.items():
-            session.add(self._skip_row(reason, group, now))
-            self.skipped_reasons[reason.value] += len(group.ids)
-        ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][3]))
-        if ordered:
-            session.execute(
-                insert(UsageReportBatch),
-                [self._batch_row(key, group, now) for key, group in ordered],
-            )
-        session.commit()
-
-        too_old = [group for key, group in ordered if key[3]]
-        self.counts["claimed"] += len(rows)
-        self.counts["failed"] += len(too_old)
-        skipped = sum(len(group.ids) for group in skips.values())
-        self.progress(skipped + sum(len(group.ids) for group in too_old))
-        return len(rows)
-
-    def _skip_row(self, reason: SkipReason, group: _Group, now: datetime) -> UsageReportSkip:
-        assert group.latest is not None and group.oldest is not None
-        return UsageReportSkip(
-            reason=reason.value,
-            run_id=self.run_id,
-            created_at=now,
-            event_count=len(group.ids),
-            value=group.value,
-            oldest_occurred_at=group.oldest,
-            latest_occurred_at=group.latest,
-            event_ids=group.ids,
-        )
-
-    def _batch_row(self, key: _GroupKey, group: _Group, now: datetime) -> dict[str, Any]:
-        customer, start, end, too_old = key
-        assert group.latest is not None and group.oldest is not None
-        row: dict[str, Any] = {
-            "identifier": new_identifier(),
-            "stripe_customer_id": customer,
-            "event_name": self.options.event_name,
-            "period_start": start,
-            "period_end": end,
-            "value": group.value,
-            "event_count": len(group.ids),
-            "meter_timestamp": meter_timestamp(group.latest, start, end, now),
-            "status": "pending",
-            "attempts": 0,
-            "created_at": now,
-            "queued_at": now,
-            "created_run_id": self.run_id,
-            "last_run_id": self.run_id,
-            "failed_at": None,
-            "last_error": None,
-            "event_ids": group.ids,
-        }
-        if too_old:
-            # Re-dating usage into Stripe's window would bill it in the wrong
-            # period; it fails, visibly, for a person to settle.
-            row.update(
-                status="failed",
-                failed_at=now,
-                last_error=TOO_OLD_REASON.format(
-                    count=len(group.ids), oldest=f"{group.oldest.astimezone(UTC):%Y-%m-%d %H:%M}"
-                ),
-            )
-        return row
-
     # -- sending ---------------------------------------------------------
 
     def send_pending(self) -> None:
@@ -772,9 +604,8 @@ class _Run:
         """
         if not self._sender_sessions:
             bind = self.session.get_bind()
-            # SQLite has one writer and no row locks: one sender. A session
-            # bound to a connection (not an engine) cannot be shared out.
-            if self.options.senders > 1 and self.dialect == "postgresql":
+            # A session bound to a connection (not an engine) cannot be shared out.
+            if self.options.senders > 1:
                 if isinstance(bind, Engine):
                     for _ in range(self.options.senders):
                         self._sender_sessions.append(Session(bind=bind))
@@ -847,11 +678,10 @@ class _Run:
 
     def _limit_lock_waits(self, session: Session) -> None:
         """Make this transaction's lock waits give up when the time budget ends (PostgreSQL)."""
-        if self.dialect == "postgresql":
-            timeout = f"{max(1, math.ceil(self.remaining() * 1000))}ms"
-            session.execute(
-                text("SELECT set_config('lock_timeout', :timeout, true)"), {"timeout": timeout}
-            )
+        timeout = f"{max(1, math.ceil(self.remaining() * 1000))}ms"
+        session.execute(
+            text("SELECT set_config('lock_timeout', :timeout, true)"), {"timeout": timeout}
+        )
 
     def _lock_next_batch(
         self, session: Session, condition: Any, *, order: bool = False, skip_locked: bool
@@ -912,8 +742,6 @@ class _Run:
 
     def _lock_customer(self, session: Session, batch: UsageReportBatch, *, wait: bool) -> bool:
         """At most one request in flight per customer and meter, across runs and machines."""
-        if self.dialect != "postgresql":
-            return True  # one run at a time, sending one batch at a time
         digest = hashlib.blake2b(
             f"{batch.stripe_customer_id}\0{batch.event_name}".encode(), digest_size=4
         ).digest()
@@ -1013,62 +841,27 @@ class _Run:
         self.progress(batch.event_count)
 
 
-@dataclass(frozen=True)
-class _Statements:
-    """The reporter's claim SQL for one dialect."""
-
-    claim: Any | None
-    """PostgreSQL: the whole claim, returning (kind, reason, count) rows to count."""
-    fetch_claim: Callable[[Session, int], Sequence[Any]] | None
-    """SQLite: up to ``limit`` backlog rows (position first) with what classifying them needs."""
-    dequeue: Any | None
-    """SQLite: deletes the backlog rows at ``:positions`` (a JSON array of rowids)."""
-
-
-def listed_event_ids(dialect: str, table: str) -> str:
+def listed_event_ids(table: str) -> str:
     """SQL for (``event_id``, ``owner``): every usage event listed by a row of ``table``.
 
     ``table`` is ``usage_report_batches`` or ``usage_report_skips``; ``owner``
-    is the listing row's id. Ids come out as the usage events spell theirs.
+    is the listing row's id.
     """
-    if dialect == "postgresql":
-        return (
-            f"SELECT CAST(j.value AS uuid) AS event_id, t.id AS owner FROM {table} AS t, "
-            "json_array_elements_text(t.event_ids) AS j"
-        )
     return (
-        f"SELECT j.value AS event_id, t.id AS owner FROM {table} AS t, json_each(t.event_ids) AS j"
+        f"SELECT CAST(j.value AS uuid) AS event_id, t.id AS owner FROM {table} AS t, "
+        "json_array_elements_text(t.event_ids) AS j"
     )
 
 
-_LISTED_EVENT_IDS = {
-    dialect: listed_event_ids(dialect, "usage_report_skips") for dialect in ("postgresql", "sqlite")
-}
-
-_SQLITE_CLAIM_SQL = """
-    SELECT q.rowid, e.id, e.quantity, e.occurred_at, e.period_start, e.period_end, e.event_type,
-        e.plan_id,
-        CASE WHEN e.organization_id IS NULL THEN s.stripe_customer_id
-            ELSE o.stripe_customer_id END AS customer
-    FROM (
-        SELECT rowid, event_id FROM usage_report_backlog
-        ORDER BY organization_id, user_id, period_start
-        LIMIT :limit
-    ) AS q
-    JOIN usage_events AS e ON e.id = q.event_id
-    LEFT JOIN user_subscriptions AS s ON e.organization_id IS NULL AND s.user_id = e.user_id
-    LEFT JOIN organizations AS o ON o.id = e.organization_id
-"""
-
-# The PostgreSQL claim in one statement: lock a chunk of the backlog (in its
-# index's order, so each customer's usage lands in few, large batches) and
-# delete it, classify its events as skip_reason() does, write the
-# unbillable ones as skips and group the rest as the SQLite path does, into
-# one batch per group with its events' ids; groups too old to send are
-# failed at once. meter_timestamp is meter_timestamp()'s rule. Nothing per
-# event comes back. A chunk another claim has locked is skipped; one it has
-# deleted and committed is gone: each backlog row is taken once.
-_PG_CLAIM_SQL = """
+# The claim in one statement: lock a chunk of the backlog (in its index's
+# order, so each customer's usage lands in few, large batches) and delete it,
+# classify its events as skip_reason() does, write the unbillable ones as
+# skips and group the rest into one batch per customer and period with its
+# events' ids; groups too old to send are failed at once. meter_timestamp is
+# meter_timestamp()'s rule. Nothing per event comes back. A chunk another
+# claim has locked is skipped; one it has deleted and committed is gone: each
+# backlog row is taken once.
+_CLAIM_SQL = """
 WITH locked AS (
     SELECT ctid AS position FROM usage_report_backlog
     ORDER BY organization_id, user_id, period_start
@@ -1160,35 +953,7 @@ UNION ALL SELECT 'failed_events', NULL, COALESCE(SUM(event_count), 0) FROM batch
 """
 
 
-@functools.cache
-def _statements(dialect: str) -> _Statements:
-    """The reporter's statements for one SQL dialect, built once."""
-    if dialect == "postgresql":
-        claim = text(_PG_CLAIM_SQL).columns(kind=String(), reason=String(), count=Integer())
-        return _Statements(claim, None, None)
-    if dialect != "sqlite":
-        raise NotImplementedError(f"reporting usage is not supported on {dialect}")
-    when = UTCDateTime()
-    fetch = text(_SQLITE_CLAIM_SQL).columns(
-        rowid=Integer(),
-        id=String(),  # the Uuid type's storage on SQLite: 32 hex digits
-        quantity=Integer(),
-        occurred_at=when,
-        period_start=when,
-        period_end=when,
-        event_type=String(),
-        plan_id=String(),
-        customer=String(),
-    )
-
-    def fetch_claim(session: Session, limit: int) -> Sequence[Any]:
-        return session.execute(fetch, {"limit": limit}).all()
-
-    # One JSON parameter instead of thousands of placeholders.
-    dequeue = text(
-        "DELETE FROM usage_report_backlog WHERE rowid IN (SELECT value FROM json_each(:positions))"
-    )
-    return _Statements(None, fetch_claim, dequeue)
+CLAIM = text(_CLAIM_SQL).columns(kind=String(), reason=String(), count=Integer())
 
 
 __all__ = [

@@ -79,10 +79,6 @@ class ReportingStatus:
             return None
         return max(0.0, (self.now - self.oldest_pending_at).total_seconds())
 
-    @property
-    def healthy(self) -> bool:
-        return self.failed_batch_count == 0 and self.unbilled_no_customer == 0
-
     def as_dict(self) -> dict[str, Any]:
         def when(moment: datetime | None) -> str | None:
             return moment.isoformat() if moment else None
@@ -151,7 +147,7 @@ def reporting_status(
         .limit(failed_shown)
     ).all()
     # A skip is written after its events occurred: only recent skips can hold recent usage.
-    listed = listed_event_ids(session.get_bind().dialect.name, "usage_report_skips")
+    listed = listed_event_ids("usage_report_skips")
     unbilled = session.scalar(
         text(
             f"SELECT COUNT(*) FROM ({listed}) AS listed "

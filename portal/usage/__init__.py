@@ -6,10 +6,6 @@ and explicit values (``now``, periods, ids) and return frozen dataclasses.
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from sqlalchemy.orm import Session
-
 from portal.usage.history import PeriodUsage, UsageHistory, get_usage_history
 from portal.usage.organizations import (
     MemberSort,
@@ -21,11 +17,12 @@ from portal.usage.organizations import (
 )
 from portal.usage.recording import (
     IdempotencyKeyReused,
-    InvalidUsage,
     RecordOutcome,
     RecordResult,
+    UserDisabled,
     record_usage,
 )
+from portal.usage.requests import InvalidUsage, UsageRequest
 from portal.usage.status import Reason, UsageStatus, check_usage
 from portal.usage.subjects import (
     BillingSubject,
@@ -34,12 +31,6 @@ from portal.usage.subjects import (
     UnknownUser,
     resolve_effective_plan,
 )
-
-
-def get_current_usage(session: Session, user: int | str, now: datetime) -> UsageStatus:
-    """The user's usage in the current billing period (the dashboard's bar)."""
-    return check_usage(session, user, now)
-
 
 __all__ = [
     "BillingSubject",
@@ -56,9 +47,10 @@ __all__ = [
     "SubjectKind",
     "UnknownUser",
     "UsageHistory",
+    "UsageRequest",
     "UsageStatus",
+    "UserDisabled",
     "check_usage",
-    "get_current_usage",
     "get_org_usage_summary",
     "get_usage_history",
     "iter_org_member_usage",

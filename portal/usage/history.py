@@ -4,44 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.models import UsageRecord
 from portal.periods import BillingPeriod
-from portal.plans import Plan, WarningLevel, get_plan, percent_used, warning_level
+from portal.plans import UsageFigures, get_plan
 from portal.usage.subjects import EffectivePlan, SubjectKind, resolve_effective_plan
 
 DEFAULT_HISTORY_PERIODS = 12
 
 
 @dataclass(frozen=True)
-class PeriodUsage:
+class PeriodUsage(UsageFigures):
     """Usage in one billing period, with the plan that governed it."""
 
     period: BillingPeriod
-    plan: Plan
-    used: int
-    included: int
     is_current: bool
-
-    @property
-    def percent(self) -> Decimal:
-        return percent_used(self.used, self.included)
-
-    @property
-    def warning_level(self) -> WarningLevel:
-        return warning_level(self.used, self.included)
-
-    @property
-    def overage_count(self) -> int:
-        return 0 if self.plan.is_hard_capped else max(0, self.used - self.included)
-
-    @property
-    def overage_cost_cents(self) -> int:
-        return self.plan.overage_cost_cents(self.overage_count)
 
 
 @dataclass(frozen=True)
@@ -92,5 +72,5 @@ def get_usage_history(
             plan, included = get_plan(governing.plan_id), governing.included
         else:
             plan, included = effective.plan, effective.included
-        rows.append(PeriodUsage(period, plan, used, included, period == current))
+        rows.append(PeriodUsage(plan, used, included, period, period == current))
     return UsageHistory(effective, rows)

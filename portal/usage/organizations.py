@@ -15,7 +15,15 @@ from sqlalchemy.orm import Session
 
 from portal.models import Membership, MemberUsage, Organization, UsageRecord, User
 from portal.periods import BillingPeriod, period_containing
-from portal.plans import LEVEL_FLOORS, Plan, WarningLevel, get_plan, percent_used, warning_level
+from portal.plans import (
+    LEVEL_FLOORS,
+    Plan,
+    UsageFigures,
+    WarningLevel,
+    get_plan,
+    percent_used,
+    warning_level,
+)
 
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 200
@@ -60,6 +68,8 @@ class MemberUsageRow(MemberShare):
     display_name: str
     email: str
     role: str
+    disabled: bool = False
+    """An operator disabled the member: nothing more is recorded; their usage stays in the pool."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +80,8 @@ class OrgUsageSummary:
     plan: Plan
     seats: int
     period: BillingPeriod
-    pool_used: int
+    pool: UsageFigures
     """Everything counted against the pool, former members included."""
-    pool_included: int
     member_count: int
     members_used: int
     """Usage of all current members, not only those on this page."""
@@ -87,14 +96,6 @@ class OrgUsageSummary:
     search: str
 
     @property
-    def percent(self) -> Decimal:
-        return percent_used(self.pool_used, self.pool_included)
-
-    @property
-    def warning_level(self) -> WarningLevel:
-        return warning_level(self.pool_used, self.pool_included)
-
-    @property
     def average_per_member(self) -> Decimal:
         if self.member_count == 0:
             return Decimal(0)
@@ -103,14 +104,6 @@ class OrgUsageSummary:
     @property
     def page_count(self) -> int:
         return max(1, math.ceil(self.matching_members / self.page_size))
-
-    @property
-    def overage_count(self) -> int:
-        return 0 if self.plan.is_hard_capped else max(0, self.pool_used - self.pool_included)
-
-    @property
-    def overage_cost_cents(self) -> int:
-        return self.plan.overage_cost_cents(self.overage_count)
 
 
 def organization_period(org: Organization, moment: datetime) -> BillingPeriod:
@@ -132,6 +125,7 @@ def _members_query(org: Organization, period: BillingPeriod) -> Select[Any]:
             Membership.role,
             _member_used().label("used"),
             MemberUsage.last_used_at,
+            User.disabled_at,
         )
         .select_from(Membership)
         .join(User, User.id == Membership.user_id)
@@ -237,8 +231,7 @@ def get_org_usage_summary(
         plan=plan,
         seats=org.seats,
         period=period,
-        pool_used=pool_used or 0,
-        pool_included=pool_included,
+        pool=UsageFigures(plan, pool_used or 0, pool_included),
         member_count=int(member_count),
         members_used=int(members_used),
         members_per_level=per_level,
@@ -284,6 +277,7 @@ def _row(row: Any, pool_included: int, seat_included: int) -> MemberUsageRow:
         pool_included=pool_included,
         seat_included=seat_included,
         last_used_at=row.last_used_at,
+        disabled=row.disabled_at is not None,
     )
 
 

@@ -1,7 +1,8 @@
-"""``check_usage``: where a user stands in the current billing period.
+"""``check_usage``: where a user stands in the current billing period, in one read.
 
-The ``UsageStatus`` it returns is the one value that the dashboard, the JSON
-API and the CLI all show, so they can never disagree.
+The ``UsageStatus`` it returns is the one value that the dashboard, its
+polled live region, the JSON API and the CLI all show, so they can never
+disagree.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Connection,
-    Integer,
+    Select,
     and_,
     bindparam,
     literal_column,
@@ -27,10 +26,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from portal.models import MemberUsage, Organization, UsageRecord, UTCDateTime
+from portal.database import lone_statement
+from portal.models import MemberUsage, Organization, UsageRecord, User, UTCDateTime
 from portal.periods import BillingPeriod, as_utc
-from portal.plans import Plan, WarningLevel, percent_used, warning_level
-from portal.precompiled import PrecompiledSelect, fetch_rows, precompile
+from portal.plans import UsageFigures
 from portal.usage.subjects import (
     BillingSubject,
     EffectivePlan,
@@ -38,7 +37,7 @@ from portal.usage.subjects import (
     UnknownUser,
     effective_plan_from_row,
     effective_plan_query,
-    resolve_effective_plan,
+    lookup_key,
 )
 
 # Early in a period the pace is noise: project as if at least this much of
@@ -54,43 +53,23 @@ class Reason(enum.StrEnum):
     """Over the included amount on a paid plan: allowed, billed at the overage rate."""
     LIMIT_REACHED = "limit_reached"
     """A hard-capped plan has used all it includes."""
+    USER_DISABLED = "user_disabled"
+    """An operator disabled the user: nothing more is recorded for them."""
 
 
 @dataclass(frozen=True)
-class UsageStatus:
+class UsageStatus(UsageFigures):
     """Usage of one user's billing subject in one billing period."""
 
     user_id: int
     email: str
-    plan: Plan
     subject: BillingSubject
     period: BillingPeriod
     days_remaining: int
-    used: int
-    included: int
     member_used: int | None
     """The user's own part of an organization's pool; ``None`` when billed alone."""
     projected_used: int
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.included - self.used)
-
-    @property
-    def percent(self) -> Decimal:
-        return percent_used(self.used, self.included)
-
-    @property
-    def warning_level(self) -> WarningLevel:
-        return warning_level(self.used, self.included)
-
-    @property
-    def overage_count(self) -> int:
-        return 0 if self.plan.is_hard_capped else max(0, self.used - self.included)
-
-    @property
-    def overage_cost_cents(self) -> int:
-        return self.plan.overage_cost_cents(self.overage_count)
+    disabled: bool = False
 
     @property
     def projected_overage_cost_cents(self) -> int:
@@ -100,6 +79,8 @@ class UsageStatus:
 
     @property
     def reason(self) -> Reason:
+        if self.disabled:
+            return Reason.USER_DISABLED
         if self.used < self.included:
             return Reason.WITHIN_QUOTA
         return Reason.LIMIT_REACHED if self.plan.is_hard_capped else Reason.OVERAGE
@@ -107,7 +88,7 @@ class UsageStatus:
     @property
     def allowed(self) -> bool:
         """May the user have one more suggestion now?"""
-        return self.reason is not Reason.LIMIT_REACHED
+        return self.reason in (Reason.WITHIN_QUOTA, Reason.OVERAGE)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape shared by the API and ``--json`` CLI output."""
@@ -148,58 +129,24 @@ def build_status(
     member_used: int | None,
     now: datetime,
 ) -> UsageStatus:
+    """The status of ``effective``'s subject in ``period`` with ``used`` counted."""
+    projected = project_usage(used, period, now)
+    if effective.plan.is_hard_capped:
+        # A hard cap stops usage at the included amount, so never project past it.
+        projected = min(projected, max(effective.included, 0))
     return UsageStatus(
+        plan=effective.plan,
+        used=used,
+        included=effective.included,
         user_id=effective.user_id,
         email=effective.email,
-        plan=effective.plan,
         subject=effective.subject,
         period=period,
         days_remaining=period.days_remaining(now),
-        used=used,
-        included=effective.included,
         member_used=member_used,
-        projected_used=_capped(effective, project_usage(used, period, now)),
+        projected_used=projected,
+        disabled=effective.disabled,
     )
-
-
-def _capped(effective: EffectivePlan, projected: int) -> int:
-    # A hard cap stops usage at the included amount, so never project past it.
-    if effective.plan.is_hard_capped:
-        return min(projected, max(effective.included, 0))
-    return projected
-
-
-def status_for(
-    session: Session, effective: EffectivePlan, period: BillingPeriod, now: datetime
-) -> UsageStatus:
-    """Usage of ``effective``'s subject in ``period`` as the database has it."""
-    subject = effective.subject
-    if subject.kind is SubjectKind.ORGANIZATION:
-        pool_used = select(UsageRecord.used).where(
-            UsageRecord.organization_id == subject.id,
-            UsageRecord.period_start == period.start,
-        )
-        member_used = select(MemberUsage.used).where(
-            MemberUsage.organization_id == subject.id,
-            MemberUsage.period_start == period.start,
-            MemberUsage.user_id == effective.user_id,
-        )
-        pool, own = session.execute(
-            select(pool_used.scalar_subquery(), member_used.scalar_subquery())
-        ).one()
-        return build_status(effective, period, pool or 0, own or 0, now)
-    used = session.scalar(
-        select(UsageRecord.used).where(
-            UsageRecord.user_id == subject.id, UsageRecord.period_start == period.start
-        )
-    )
-    return build_status(effective, period, used or 0, None, now)
-
-
-def check_usage(session: Session, user: int | str, now: datetime) -> UsageStatus:
-    """Where the user (id or email) stands in the billing period containing ``now``."""
-    effective = resolve_effective_plan(session, user)
-    return status_for(session, effective, effective.period_at(now), now)
 
 
 # No billing period is longer than this (31 days at most), so the current
@@ -208,39 +155,30 @@ LONGEST_PERIOD = timedelta(days=32)
 
 
 @dataclass(frozen=True)
-class _CurrentUsageQuery:
-    query: PrecompiledSelect
+class _StatusQuery:
+    statement: Select[Any]
     plan_columns: int
     """The leading columns of each row: the resolution query's row (see ``subjects``)."""
 
 
 @functools.cache
-def _current_usage_query() -> _CurrentUsageQuery:
-    """The effective plan and every usage row it may need, as one statement.
+def _status_query(lookup: str) -> _StatusQuery:
+    """The effective plan and every running total it may need, as one statement.
 
     The resolution query of ``subjects`` (the one rule of who pays) runs as a
     CTE; joined to it are the running totals that start in the last
-    ``LONGEST_PERIOD`` for the user alone, for the pool of the organization the
-    resolution chose, and for the user's part of that pool. Which of them
-    counts, and which period is current, is decided in Python by the same
+    ``LONGEST_PERIOD``: the user's own, the pool of the organization the
+    resolution chose, and the user's part of that pool. Which of them counts,
+    and which period is current, is decided in Python by the same
     ``EffectivePlan`` and period rule as everywhere else.
     """
-    plan_query = effective_plan_query("id")
+    plan_query = effective_plan_query(lookup)
     resolution = plan_query.cte("resolution")
-    chosen_org_column = next(
-        (
-            index
-            for index, column in enumerate(plan_query.selected_columns)
-            if column is Organization.__table__.c.id
-        ),
-        None,
-    )
-    if chosen_org_column is None:
-        raise LookupError("the resolution query no longer selects organizations.id")
-    chosen_org = select(resolution.c[chosen_org_column]).scalar_subquery()
+    columns = list(plan_query.selected_columns)
+    user_id = select(resolution.c[columns.index(User.__table__.c.id)]).scalar_subquery()
+    pool_id = select(resolution.c[columns.index(Organization.__table__.c.id)]).scalar_subquery()
     records = UsageRecord.__table__
     members = MemberUsage.__table__
-    user_id = bindparam("user_key", type_=Integer)
     since = bindparam("since", type_=UTCDateTime())
     until = bindparam("until", type_=UTCDateTime())
 
@@ -252,10 +190,10 @@ def _current_usage_query() -> _CurrentUsageQuery:
             literal_column("'user'").label("kind"), records.c.period_start, records.c.used
         ).where(records.c.user_id == user_id, recent(records.c.period_start)),
         select(literal_column("'pool'"), records.c.period_start, records.c.used).where(
-            records.c.organization_id == chosen_org, recent(records.c.period_start)
+            records.c.organization_id == pool_id, recent(records.c.period_start)
         ),
         select(literal_column("'member'"), members.c.period_start, members.c.used).where(
-            members.c.organization_id == chosen_org,
+            members.c.organization_id == pool_id,
             members.c.user_id == user_id,
             recent(members.c.period_start),
         ),
@@ -265,35 +203,56 @@ def _current_usage_query() -> _CurrentUsageQuery:
         .select_from(resolution)
         .outerjoin(usage, true())
     )
-    return _CurrentUsageQuery(
-        precompile(statement, ["user_key", "since", "until"]), len(plan_query.selected_columns)
-    )
+    return _StatusQuery(statement, len(columns))
 
 
-def current_usage_status(connection: Connection, user_id: int, now: datetime) -> UsageStatus:
-    """``check_usage`` for a user id in a single read-only statement (the polled live region).
+def check_usage(session: Session, user: int | str, now: datetime) -> UsageStatus:
+    """Where the user (id or email) stands in the billing period containing ``now``.
 
-    Gives the very ``UsageStatus`` that ``check_usage`` gives; raises
-    ``UnknownUser`` when there is no such user.
+    One statement: the dashboard, its poll and the API's check all read it.
+    Raises ``UnknownUser`` when there is no such user.
     """
     now = as_utc(now)
-    current = _current_usage_query()
-    rows = fetch_rows(
-        connection,
-        current.query,
-        {"user_key": user_id, "since": now - LONGEST_PERIOD, "until": now},
-        alone=True,
-    )
+    query = _status_query(lookup_key(user)[0])
+    parameters = {"user_key": lookup_key(user)[1], "since": now - LONGEST_PERIOD, "until": now}
+    with lone_statement(session) as connection:
+        rows = connection.execute(query.statement, parameters).all()
     if not rows:
-        raise UnknownUser(f"no user {user_id!r}")
-    effective = effective_plan_from_row(rows[0][: current.plan_columns])
+        raise UnknownUser(f"no user {user!r}")
+    effective = effective_plan_from_row(rows[0][: query.plan_columns])
     period = effective.period_at(now)
-    # Aware datetimes compare as instants, whatever zone the driver used.
     used = {
         kind: amount
-        for kind, period_start, amount in (row[current.plan_columns :] for row in rows)
+        for kind, period_start, amount in (row[query.plan_columns :] for row in rows)
         if kind is not None and period_start == period.start
     }
     if effective.subject.kind is SubjectKind.ORGANIZATION:
         return build_status(effective, period, used.get("pool", 0), used.get("member", 0), now)
     return build_status(effective, period, used.get("user", 0), None, now)
+
+
+def status_for(
+    session: Session, effective: EffectivePlan, period: BillingPeriod, now: datetime
+) -> UsageStatus:
+    """Usage of ``effective``'s subject in ``period``, for a plan resolved a moment ago."""
+    subject = effective.subject
+    if subject.kind is SubjectKind.ORGANIZATION:
+        pool_used = select(UsageRecord.used).where(
+            UsageRecord.organization_id == subject.id,
+            UsageRecord.period_start == period.start,
+        )
+        member_used = select(MemberUsage.used).where(
+            MemberUsage.organization_id == subject.id,
+            MemberUsage.period_start == period.start,
+            MemberUsage.user_id == effective.user_id,
+        )
+        statement = select(pool_used.scalar_subquery(), member_used.scalar_subquery())
+        with lone_statement(session) as connection:
+            pool, own = connection.execute(statement).one()
+        return build_status(effective, period, pool or 0, own or 0, now)
+    statement = select(UsageRecord.used).where(
+        UsageRecord.user_id == subject.id, UsageRecord.period_start == period.start
+    )
+    with lone_statement(session) as connection:
+        used = connection.scalar(statement)
+    return build_status(effective, period, used or 0, None, now)

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import enum
 import functools
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
+from portal.accounts import normalize_email
+from portal.database import lone_statement
 from portal.models import (
     LIVE_SUBSCRIPTION_STATUSES,
     Membership,
@@ -35,7 +36,6 @@ from portal.models import (
 )
 from portal.periods import BillingPeriod, period_containing
 from portal.plans import FREE, Plan, get_plan
-from portal.precompiled import PrecompiledSelect, fetch_rows, lone_statement_connection, precompile
 
 
 class SubjectKind(enum.StrEnum):
@@ -69,6 +69,8 @@ class EffectivePlan:
     seats: int
     anchor: datetime | None
     """Billing cycle anchor; ``None`` for UTC calendar months (free)."""
+    disabled: bool = False
+    """An operator disabled the user (``flask disable-user``): nothing is recorded for them."""
 
     @property
     def included(self) -> int:
@@ -85,10 +87,6 @@ class EffectivePlan:
 
 class UnknownUser(LookupError):
     """No user has this id or email."""
-
-
-def normalize_email(email: str) -> str:
-    return email.strip().lower()
 
 
 @functools.cache
@@ -114,6 +112,7 @@ def effective_plan_query(lookup: str) -> Select[Any]:
             users.c.id,
             users.c.email,
             users.c.display_name,
+            users.c.disabled_at,
             subscriptions.c.plan_id,
             subscriptions.c.billing_anchor,
             subscriptions.c.stripe_customer_id,
@@ -142,7 +141,7 @@ def effective_plan_query(lookup: str) -> Select[Any]:
     return query.where(key == bindparam("user_key"))
 
 
-def _lookup(user: int | str) -> tuple[str, int | str]:
+def lookup_key(user: int | str) -> tuple[str, int | str]:
     """How the resolution query finds a user: by normalized email or by id."""
     return ("email", normalize_email(user)) if isinstance(user, str) else ("id", user)
 
@@ -152,110 +151,12 @@ def resolve_effective_plan(session: Session, user: int | str) -> EffectivePlan:
 
     Raises ``UnknownUser`` when there is no such user.
     """
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        return _resolve_on_postgresql(session, user).plan
-    lookup, key = _lookup(user)
-    row = connection.execute(effective_plan_query(lookup), {"user_key": key}).one_or_none()
+    lookup, key = lookup_key(user)
+    with lone_statement(session) as connection:
+        row = connection.execute(effective_plan_query(lookup), {"user_key": key}).one_or_none()
     if row is None:
         raise UnknownUser(f"no user {user!r}")
     return effective_plan_from_row(row)
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """An effective plan with the query row it came from (PostgreSQL).
-
-    A statement that depends on the plan can carry ``row`` and check, in the
-    same statement, that the resolution query still returns exactly it (see
-    ``resolution_guard_sql``): then it acts on the plan in force at that
-    moment, whenever the row was read.
-    """
-
-    lookup: str
-    key: int | str
-    row: tuple[Any, ...]
-    plan: EffectivePlan
-
-
-RECENT_RESOLUTIONS = 10_000
-"""How many users' resolutions each process remembers (a few MB at most)."""
-_recent: dict[tuple[str, int | str], Resolution] = {}
-_recent_lock = threading.Lock()
-
-
-def recent_resolution(session: Session, user: int | str) -> Resolution:
-    """The user's last resolution seen by this process, else a fresh one (PostgreSQL).
-
-    It may be out of date: use it only in a statement guarded by
-    ``resolution_guard_sql``, and on a mismatch call ``resolve_again``.
-    Recording a suggestion then costs one round trip instead of two.
-    """
-    remembered = _recent.get(_lookup(user))
-    return remembered if remembered is not None else _resolve_on_postgresql(session, user)
-
-
-def resolve_again(session: Session, user: int | str) -> Resolution:
-    """A fresh resolution, after a guarded statement found the remembered one out of date."""
-    return _resolve_on_postgresql(session, user)
-
-
-def _resolve_on_postgresql(session: Session, user: int | str) -> Resolution:
-    lookup, key = _lookup(user)
-    # A lone read: outside a transaction it leaves none open, so the recording
-    # statement that follows can still be a transaction of its own.
-    with lone_statement_connection(session) as connection:
-        rows = fetch_rows(
-            connection, _precompiled_resolution(lookup), {"user_key": key}, alone=True
-        )
-    row = rows[0] if rows else None
-    with _recent_lock:
-        if row is None:
-            _recent.pop((lookup, key), None)
-            raise UnknownUser(f"no user {user!r}")
-        resolution = Resolution(lookup, key, tuple(row), effective_plan_from_row(row))
-        _recent.pop((lookup, key), None)
-        if len(_recent) >= RECENT_RESOLUTIONS:
-            del _recent[next(iter(_recent))]  # the oldest
-        _recent[(lookup, key)] = resolution
-    return resolution
-
-
-@functools.cache
-def _precompiled_resolution(lookup: str) -> PrecompiledSelect:
-    return precompile(effective_plan_query(lookup), ["user_key"])
-
-
-RESOLUTION_COLUMNS = 12
-"""Columns of the resolution query's row (see ``effective_plan_from_row``)."""
-
-
-@functools.cache
-def resolution_guard_sql(lookup: str) -> tuple[str, dict[str, Any]]:
-    """CTEs for PostgreSQL: ``plan_in_force`` has a row only while the resolution holds.
-
-    Parameters: the query's constants (returned), ``user_key``, and
-    ``resolved_0`` … ``resolved_11``: the ``Resolution.row`` being checked.
-    Built from the one resolution query, so the rule lives in one place.
-    """
-    query = _precompiled_resolution(lookup)
-    sql, constants = query.postgresql_sql, dict(query.constants)
-    columns = ", ".join(f"resolved_{index}" for index in range(RESOLUTION_COLUMNS))
-    expected = ", ".join(f"%(resolved_{index})s" for index in range(RESOLUTION_COLUMNS))
-    return (
-        f"""resolution ({columns}) AS ({sql}),
-        plan_in_force AS (
-            SELECT 1 FROM resolution WHERE ({columns}) IS NOT DISTINCT FROM ({expected})
-        )""",
-        constants,
-    )
-
-
-def resolution_guard_parameters(resolution: Resolution) -> dict[str, Any]:
-    """The parameters of ``resolution_guard_sql`` for one resolution."""
-    parameters = {f"resolved_{index}": value for index, value in enumerate(resolution.row)}
-    parameters["user_key"] = resolution.key
-    return parameters
 
 
 def resolve_effective_plans(session: Session, emails: Iterable[str]) -> dict[str, EffectivePlan]:
@@ -263,7 +164,8 @@ def resolve_effective_plans(session: Session, emails: Iterable[str]) -> dict[str
     keys = sorted({normalize_email(email) for email in emails})
     if not keys:
         return {}
-    rows = session.connection().execute(effective_plan_query("emails"), {"user_keys": keys})
+    with lone_statement(session) as connection:
+        rows = connection.execute(effective_plan_query("emails"), {"user_keys": keys}).all()
     return {plan.email: plan for plan in map(effective_plan_from_row, rows)}
 
 
@@ -272,6 +174,7 @@ def effective_plan_from_row(row: Any) -> EffectivePlan:
         user_id,
         email,
         display_name,
+        disabled_at,
         sub_plan,
         sub_anchor,
         sub_customer,
@@ -282,9 +185,7 @@ def effective_plan_from_row(row: Any) -> EffectivePlan:
         org_anchor,
         org_customer,
     ) = row
-    # The driver hands back times in the server's zone; the model layer, UTC.
-    sub_anchor = sub_anchor.astimezone(UTC) if sub_anchor else None
-    org_anchor = org_anchor.astimezone(UTC) if org_anchor else None
+    disabled = disabled_at is not None
     if sub_plan is not None:
         return EffectivePlan(
             user_id,
@@ -294,6 +195,7 @@ def effective_plan_from_row(row: Any) -> EffectivePlan:
             BillingSubject(SubjectKind.USER, user_id, email, sub_customer),
             1,
             sub_anchor,
+            disabled,
         )
     if org_id is not None:
         return EffectivePlan(
@@ -304,6 +206,7 @@ def effective_plan_from_row(row: Any) -> EffectivePlan:
             BillingSubject(SubjectKind.ORGANIZATION, org_id, org_slug, org_customer),
             org_seats,
             org_anchor,
+            disabled,
         )
     return EffectivePlan(
         user_id,
@@ -313,4 +216,5 @@ def effective_plan_from_row(row: Any) -> EffectivePlan:
         BillingSubject(SubjectKind.USER, user_id, email, None),
         1,
         None,
+        disabled,
     )

@@ -1,22 +1,24 @@
-"""HTTP views: thin layers that parse input, call the domain and render."""
+"""The pages: thin views that parse input, call the domain and render."""
 
 from __future__ import annotations
 
 from flask import Flask
 from flask_login import current_user
 
+from portal import assets
 from portal.access import administered_organizations
-from portal.extensions import db
-from portal.views import auth, errors, formatting, health, live_region, orgs, security, usage
+from portal.extensions import csrf, db
+from portal.views import auth, errors, formatting, health, orgs, security, usage
 
 
 def init_app(app: Flask) -> None:
     security.init_app(app)
+    csrf.init_app(app)
+    assets.init_app(app)
     formatting.init_app(app)
     for module in (health, auth, usage, orgs):
         app.register_blueprint(module.blueprint)
     errors.register_error_handlers(app)
-    live_region.init_app(app)
 
     @app.context_processor
     def navigation() -> dict[str, object]:

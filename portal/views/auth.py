@@ -4,32 +4,42 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user, login_user, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from portal.accounts import authenticate_user
-from portal.extensions import db, limiter
+from portal.accounts import authenticate_user, normalize_email
+from portal.extensions import db
+from portal.ratelimit import (
+    SIGN_IN_FAILURES_PER_ACCOUNT,
+    SIGN_IN_FAILURES_PER_ACCOUNT_AND_ADDRESS,
+    SIGN_IN_FAILURES_PER_ADDRESS,
+    Limit,
+    RateLimits,
+)
 
 blueprint = Blueprint("auth", __name__)
 
-# Per client address and per account: slows guessing one password from many
-# machines, and many passwords from one.
-LOGIN_LIMIT_PER_ADDRESS = "20 per minute"
-LOGIN_LIMIT_PER_ACCOUNT = "5 per minute"
 WRONG_CREDENTIALS = "That email and password don't match an account."
+PER_ACCOUNT_AND_ADDRESS = Limit.parse("sign-in-failures", SIGN_IN_FAILURES_PER_ACCOUNT_AND_ADDRESS)
+PER_ADDRESS = Limit.parse("sign-in-failures-address", SIGN_IN_FAILURES_PER_ADDRESS)
+PER_ACCOUNT = Limit.parse("sign-in-failures-account", SIGN_IN_FAILURES_PER_ACCOUNT)
 
 
 class LoginForm(FlaskForm):  # type: ignore[misc]
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
-
-
-def _account_key() -> str:
-    return "login-account:" + (request.form.get("email") or "").strip().lower()[:254]
 
 
 def safe_next(target: str | None) -> str:
@@ -41,6 +51,15 @@ def safe_next(target: str | None) -> str:
     return url_for("usage.dashboard")
 
 
+def _failure_counters(account: str) -> list[tuple[Limit, tuple[str, ...]]]:
+    address = request.remote_addr or "unknown"
+    return [
+        (PER_ACCOUNT_AND_ADDRESS, (account, address)),
+        (PER_ADDRESS, (address,)),
+        (PER_ACCOUNT, (account,)),
+    ]
+
+
 @blueprint.get("/")
 def index() -> Response:
     """Send visitors to their dashboard, or to sign in."""
@@ -48,21 +67,31 @@ def index() -> Response:
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
-@limiter.limit(LOGIN_LIMIT_PER_ADDRESS, methods=["POST"])
-@limiter.limit(LOGIN_LIMIT_PER_ACCOUNT, methods=["POST"], key_func=_account_key)
-def login() -> Response | str:
-    """Show the sign-in form and sign the user in."""
+def login() -> Response | str | tuple[str, int, dict[str, str]]:
+    """Show the sign-in form and sign the user in; failed attempts are limited."""
     if current_user.is_authenticated:
         return redirect(safe_next(request.args.get("next")))
     form = LoginForm()
+    if request.method != "POST":
+        return render_template("auth/login.html", form=form)
+    rate_limits: RateLimits = current_app.extensions["rate_limits"]
+    # The account as the form read it, whatever the body's format.
+    account = normalize_email(str(form.email.data or ""))[:254]
+    counters = _failure_counters(account)
+    waits = [rate_limits.exceeded(limit, *ids) for limit, ids in counters]
+    wait = max((w for w in waits if w is not None), default=None)
+    if wait is not None:
+        message = f"Too many failed attempts. Wait {wait} seconds, then try again."
+        page = render_template("auth/login.html", form=form, refusal=message)
+        return page, 429, {"Retry-After": str(wait)}
     if form.validate_on_submit():
         user = authenticate_user(db.session(), form.email.data, form.password.data)
         if user is not None:
             login_user(user)
             return redirect(safe_next(request.args.get("next")))
-        flash(WRONG_CREDENTIALS, "error")
-    elif request.method == "POST":
-        flash(WRONG_CREDENTIALS, "error")
+    for limit, ids in counters:
+        rate_limits.hit(limit, *ids)
+    flash(WRONG_CREDENTIALS, "error")
     return render_template("auth/login.html", form=form)
 
 

@@ -1,15 +1,15 @@
-"""Error answers in the format the client reads: API JSON, an HTMX fragment or a page."""
+"""Error answers for pages: a page in the site's layout, or a fragment for HTMX."""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, make_response, render_template, request
+from flask import Flask, Response, current_app, make_response, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from portal.api.errors import error_response, from_http_exception, is_api_request, server_failed
 from portal.extensions import db
+from portal.maintenance import UnderMaintenance
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,20 @@ MESSAGES = {
 
 
 def _html_error(status: int, message: str, error: HTTPException | None = None) -> Response:
-    template = "partials/_error.html" if request.headers.get("HX-Request") else "error.html"
-    response = make_response(render_template(template, status=status, message=message), status)
+    context = {"status": status, "message": message, "poll_seconds": 0}
+    if request.headers.get("HX-Request"):
+        template = "partials/_error.html"
+        if request.endpoint == "usage.current":
+            # The live region's poll: a fragment that goes on polling.
+            template = "partials/usage/_unavailable.html"
+            context.update(
+                poll_seconds=current_app.config["POLL_SECONDS"], poll_url=url_for("usage.current")
+            )
+    else:
+        template = "error.html"
+    response = make_response(render_template(template, **context), status)
     if error is not None:
-        # Keep Allow on 405 and Retry-After on 429.
+        # Keep Allow on 405 and Retry-After on 429 and 503.
         for header, value in error.get_headers():
             if header.lower() != "content-type":
                 response.headers[header] = value
@@ -43,17 +53,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:
         db.session.rollback()
-        if is_api_request():
-            return error_response(from_http_exception(error))
         status = error.code or 500
+        if isinstance(error, UnderMaintenance):
+            return _html_error(status, str(error.description), error)
         return _html_error(status, MESSAGES.get(status, error.description or error.name), error)
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        if isinstance(error, HTTPException):
-            return _http(error)
         db.session.rollback()
         log.exception("unexpected error answering %s %s", request.method, request.path)
-        if is_api_request():
-            return error_response(server_failed())
         return _html_error(500, MESSAGES[500])

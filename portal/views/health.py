@@ -1,9 +1,4 @@
-"""``/healthz``: liveness for load balancers.
-
-A blueprint of its own, outside the sign-in blueprint, so none of the
-sign-in rate limiter's per-request hooks run for it (see
-``portal.limit_sign_in_only``): a probe costs the least a request can.
-"""
+"""``/healthz``: liveness for load balancers."""
 
 from __future__ import annotations
 

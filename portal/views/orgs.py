@@ -119,6 +119,7 @@ def usage_csv(slug: str) -> Response:
             "share_of_pool_percent",
             "warning_level",
             "last_activity_utc",
+            "account_status",
         ]
         writer.writerow(header)
         for row in rows:
@@ -131,6 +132,7 @@ def usage_csv(slug: str) -> Response:
                     f"{row.share_percent}",
                     str(row.warning_level),
                     row.last_used_at.isoformat() if row.last_used_at else "",
+                    "disabled" if row.disabled else "active",
                 ]
             )
             if buffer.tell() > 16_384:

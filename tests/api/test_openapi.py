@@ -3,7 +3,7 @@ response that breaks the schema, on both database engines."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import schemathesis
@@ -22,12 +22,13 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy.orm import Session
 
+from portal import clock
 from tests.factories import make_org, make_user
 
 
 def seed_users(session: Session) -> None:
     """A few real users, so generated requests reach the recording code too."""
-    start = datetime.now(UTC) - timedelta(days=2)
+    start = clock.now() - timedelta(days=2)
     make_user(session, email="free@example.com", anchor=start)
     make_user(session, plan="pro", email="pro@example.com", anchor=start)
     make_user(session, org=make_org(session, anchor=start), email="member@example.com")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,17 +11,18 @@ from flask import Flask
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from portal import clock
 from portal.apikeys import create_api_key, revoke_api_key
+from portal.headers import CONTENT_SECURITY_POLICY
 from portal.models import ApiKey, UsageEvent, UsageRecord
 from portal.usage import recording
-from portal.views.security import CONTENT_SECURITY_POLICY
 from tests.factories import make_org, make_user
 
 Api = Any
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 def recorded(session: Session) -> tuple[int, int]:
@@ -367,6 +368,7 @@ def test_batch_returns_one_result_per_event_in_order(session: Session, api: Api)
         "duplicate": 1,
         "limit_reached": 1,
         "invalid": 2,
+        "user_disabled": 0,
     }
     assert recorded(session) == (4, 16)
 

@@ -8,18 +8,13 @@ import pytest
 
 from portal.billing.settings import load_stripe_settings
 from portal.billing.stripe_client import StripeMeterEventGateway
-from tests.billing.helpers import API_KEY, CLIENT_TIMEOUT, NOW, Clock
+from tests.billing.helpers import API_KEY, CLIENT_TIMEOUT
+from tests.factories import FrozenClock
 from tests.stripe_standin import StripeStandIn
 
 
 @pytest.fixture
-def clock() -> Clock:
-    """Stripe's idea of now; tests move it together with the reporter's ``now``."""
-    return Clock(NOW)
-
-
-@pytest.fixture
-def standin(clock: Clock) -> Iterator[StripeStandIn]:
+def standin(clock: FrozenClock) -> Iterator[StripeStandIn]:
     """The Stripe stand-in on a loopback port, for one test."""
     with StripeStandIn(api_key=API_KEY, clock=clock).running() as server:
         yield server

@@ -6,8 +6,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -24,23 +23,14 @@ from portal.models import (
     usage_report_backlog,
 )
 from portal.usage import record_usage
-from tests.factories import T0
+from tests.factories import NOW, FrozenClock
 from tests.stripe_standin import StripeStandIn
 
 API_KEY = "sk_test_standin0123456789abcdef"
 CLIENT_TIMEOUT = 0.3
 """Seconds; the stand-in's slow replies take longer."""
-NOW = T0 + timedelta(days=3)
-
-
-@dataclass
-class Clock:
-    """A settable "now" for the stand-in."""
-
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
+Clock = FrozenClock
+"""The test's clock, which the stand-in reads as Stripe's."""
 
 
 def run_reporter(

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from click.testing import Result
@@ -22,11 +22,11 @@ from tests.billing.helpers import (
     customer_of,
     report_states,
 )
-from tests.factories import make_org, make_user
+from tests.factories import NOW, make_org, make_user
 from tests.stripe_standin import StripeStandIn
 
-# The commands run on the real clock, so the usage is recent for real.
-REAL_NOW = datetime.now(UTC).replace(microsecond=0)
+REAL_NOW = NOW
+"""The commands run in this process, on the test's clock, and so does the stand-in."""
 
 
 @pytest.fixture

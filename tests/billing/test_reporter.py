@@ -441,10 +441,7 @@ def test_a_database_time_zone_other_than_utc_changes_nothing(
     gateway: StripeMeterEventGateway,
     clock: Clock,
     database_url: str,
-    engine_name: str,
 ) -> None:
-    if engine_name != "postgresql":
-        pytest.skip("SQLite stores UTC without a zone")
     user = make_user(session, plan="starter", anchor=T0)
     old = make_user(session, plan="pro", anchor=T0)
     session.commit()

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -85,10 +85,7 @@ def test_two_reporters_at_once_put_each_event_in_exactly_one_sent_batch(
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
-    engine_name: str,
 ) -> None:
-    if engine_name != "postgresql":
-        pytest.skip("SQLite runs one reporter at a time (see the next test)")
     usage = record_plenty(session)
     recorded = session.scalar(select(func.count()).select_from(UsageEvent))
 
@@ -103,39 +100,13 @@ def test_two_reporters_at_once_put_each_event_in_exactly_one_sent_batch(
     assert standin.max_in_flight_per_customer == 1
 
 
-def test_overlapping_runs_on_sqlite_step_aside_and_nothing_is_doubled(
-    session: Session,
-    standin: StripeStandIn,
-    gateway: StripeMeterEventGateway,
-    engine_name: str,
-) -> None:
-    if engine_name != "sqlite":
-        pytest.skip("PostgreSQL runs reporters side by side (see the previous test)")
-    usage = record_plenty(session)
-
-    summaries = run_in_threads(session, gateway)
-
-    assert all(s.exit_code == 0 for s in summaries)
-    # Whichever came second found the lock taken, or found nothing left.
-    assert sum(s.events_reported for s in summaries) == sum(
-        s.claimed for s in summaries if not s.locked_out
-    )
-    if any(s.locked_out for s in summaries):
-        run_reporter(session, gateway)
-    assert_exactly_once(session, standin, usage.expected)
-    assert standin.max_in_flight_per_customer == 1
-
-
 @pytest.mark.parametrize("senders", [2, 4])
 def test_a_run_with_several_senders_sends_each_batch_once_through_faults(
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
-    engine_name: str,
     senders: int,
 ) -> None:
-    if engine_name != "postgresql":
-        pytest.skip("SQLite sends one batch at a time")
     usage = record_plenty(session)
     standin.add_faults(
         Fault.server_error(500),
@@ -159,11 +130,8 @@ def test_a_run_that_claims_while_sending_sends_all_it_claimed_within_its_limit(
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
-    engine_name: str,
 ) -> None:
     """With senders, the next claim runs while the last is sent; none is left behind."""
-    if engine_name != "postgresql":
-        pytest.skip("SQLite claims and sends in turn")
     record_plenty(session)
 
     summary = run_reporter(session, gateway, batch_size=40, limit=100, senders=2)
@@ -187,10 +155,7 @@ def test_two_reporters_with_several_senders_each_put_each_event_in_one_sent_batc
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
-    engine_name: str,
 ) -> None:
-    if engine_name != "postgresql":
-        pytest.skip("SQLite runs one reporter at a time, sending one batch at a time")
     usage = record_plenty(session)
 
     summaries = run_in_threads(session, gateway, senders=3)
@@ -209,12 +174,9 @@ def test_claims_need_no_particular_isolation_level(
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
-    engine_name: str,
 ) -> None:
     # A claim deletes what it takes from the backlog: under REPEATABLE READ a
     # row another claim took would fail the statement, never be taken twice.
-    if engine_name != "postgresql":
-        pytest.skip("SQLite claims under its one writer lock")
     usage = record_plenty(session)
     repeatable_read = db.engine.execution_options(isolation_level="REPEATABLE READ")
 
@@ -233,8 +195,14 @@ def report_usage_process(database_url: str, standin: StripeStandIn) -> subproces
         "STRIPE_API_KEY": API_KEY,
         "STRIPE_API_BASE": standin.url,
     }
+    # The process runs `flask report-usage` on the test's clock, as the stand-in does.
+    on_the_tests_clock = (
+        "import sys, datetime; from portal import clock; "
+        f"clock.now = lambda: datetime.datetime.fromisoformat({NOW.isoformat()!r}); "
+        "from flask.cli import main; sys.argv[0] = 'flask'; main()"
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "report-usage", "--json"],
+        [sys.executable, "-c", on_the_tests_clock, "--app", "wsgi", "report-usage", "--json"],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -244,10 +212,9 @@ def report_usage_process(database_url: str, standin: StripeStandIn) -> subproces
 
 
 def test_a_reporter_killed_after_stripe_accepted_its_batch_loses_and_doubles_nothing(
-    session: Session, database_url: str, clock: object
+    session: Session, database_url: str
 ) -> None:
-    # The reporter process runs on the real clock, so the usage is recent for real.
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = NOW
     user = make_user(session, plan="starter", anchor=now - timedelta(days=2))
     session.commit()
     usage = Usage(session, now)
@@ -292,7 +259,6 @@ def test_a_claim_passes_over_the_events_another_claim_holds(
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
-    engine_name: str,
 ) -> None:
     """Two claims at the same moment on two connections take disjoint events.
 
@@ -300,11 +266,9 @@ def test_a_claim_passes_over_the_events_another_claim_holds(
     the second skips the rows the first has locked (``SKIP LOCKED``) and
     takes the rest; once the first commits, its rows are gone for good.
     """
-    if engine_name != "postgresql":
-        pytest.skip("SQLite claims under its one writer lock")
     usage = record_plenty(session)
     total = sum(usage.expected.values())
-    statement = reporter._statements("postgresql").claim
+    statement = reporter.CLAIM
     assert statement is not None
 
     with Session(db.engine) as first_session, Session(db.engine) as second_session:
@@ -341,7 +305,6 @@ def test_a_run_sends_its_own_batch_that_another_run_held_and_let_go(
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
-    engine_name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Another run's sender holds a batch this run just claimed, then lets it go.
@@ -350,8 +313,6 @@ def test_a_run_sends_its_own_batch_that_another_run_held_and_let_go(
     batch aside: this run's senders passed over it while it was held, so
     without a last look this run would end with its own batch pending.
     """
-    if engine_name != "postgresql":
-        pytest.skip("SQLite runs one reporter at a time")
     user = make_user(session, plan="pro")
     session.commit()
     usage = Usage(session)
@@ -379,12 +340,9 @@ def test_waiting_for_a_batch_another_run_holds_ends_with_the_time_budget(
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
-    engine_name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A batch another run holds (and keeps) is not waited for past ``--max-seconds``."""
-    if engine_name != "postgresql":
-        pytest.skip("SQLite runs one reporter at a time")
     user = make_user(session, plan="pro")
     session.commit()
     usage = Usage(session)
@@ -410,10 +368,7 @@ def test_two_requeues_at_once_put_unbilled_usage_back_once(
     session: Session,
     standin: StripeStandIn,
     gateway: StripeMeterEventGateway,
-    engine_name: str,
 ) -> None:
-    if engine_name != "postgresql":
-        pytest.skip("SQLite has one writer at a time")
     team = make_org(session, customer=None)
     member = make_user(session, org=team)
     session.commit()

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from playwright.sync_api import expect
 from sqlalchemy.orm import Session
 
+from portal import clock
 from portal.demo import DEMO_PASSWORD, seed_demo
 from portal.usage import record_usage
 from tests.factories import make_org, make_user
@@ -30,7 +30,7 @@ def test_the_bar_updates_within_one_poll_without_a_reload(
     session: Session, live_server: str, page: Page
 ) -> None:
     user = make_user(
-        session, plan="starter", password=PASSWORD, anchor=datetime.now(UTC) - timedelta(days=3)
+        session, plan="starter", password=PASSWORD, anchor=clock.now() - timedelta(days=3)
     )
     session.commit()
     sign_in(page, live_server, user.email)
@@ -40,7 +40,7 @@ def test_the_bar_updates_within_one_poll_without_a_reload(
     assert bar.get_attribute("value") == "0"
     page.evaluate("window.__notReloaded = true")
 
-    record_usage(session, user.id, idempotency_key="browser-1", now=datetime.now(UTC), quantity=21)
+    record_usage(session, user.id, idempotency_key="browser-1", now=clock.now(), quantity=21)
     session.commit()
 
     # One poll is 10 s; Playwright's assertions retry until then (no page eval: the CSP forbids it).
@@ -53,7 +53,7 @@ def test_the_bar_updates_within_one_poll_without_a_reload(
 def test_admin_sorts_and_filters_and_back_restores_the_table(
     session: Session, live_server: str, page: Page
 ) -> None:
-    org = make_org(session, plan="team", seats=6, anchor=datetime.now(UTC) - timedelta(days=2))
+    org = make_org(session, plan="team", seats=6, anchor=clock.now() - timedelta(days=2))
     admin = make_user(
         session,
         org=org,
@@ -64,9 +64,7 @@ def test_admin_sorts_and_filters_and_back_restores_the_table(
     )
     for n, (name, used) in enumerate([("Bea", 12), ("Cy", 40), ("Dee", 3)]):
         member = make_user(session, org=org, name=name, email=f"{name.lower()}@corp.example")
-        record_usage(
-            session, member.id, idempotency_key=f"b{n}", now=datetime.now(UTC), quantity=used
-        )
+        record_usage(session, member.id, idempotency_key=f"b{n}", now=clock.now(), quantity=used)
     session.commit()
     sign_in(page, live_server, admin.email)
     page.goto(f"{live_server}/orgs/{org.slug}/usage")
@@ -97,14 +95,12 @@ def test_admin_sorts_and_filters_and_back_restores_the_table(
 
 
 def test_screenshots_of_the_demo(
-    session: Session, live_server: str, page: Page, engine_name: str, tmp_path: Path
+    session: Session, live_server: str, page: Page, tmp_path: Path
 ) -> None:
     """Every run takes them; ``make screenshots`` keeps them in docs/screenshots."""
-    if engine_name != "sqlite":
-        pytest.skip("screenshots are taken once, from the SQLite run")
     keep = os.environ.get("UPDATE_SCREENSHOTS") == "1"
     screenshots = DOCS_SCREENSHOTS if keep else tmp_path
-    seed_demo(session, datetime.now(UTC))
+    seed_demo(session, clock.now())
     session.commit()
     screenshots.mkdir(parents=True, exist_ok=True)
     sign_in(page, live_server, "admin@acme.example", DEMO_PASSWORD)

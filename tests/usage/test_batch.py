@@ -11,7 +11,8 @@ from portal.extensions import db
 from portal.models import UsageEvent
 from portal.usage import check_usage, record_usage
 from portal.usage.batch import BatchItem, BatchResult, record_usage_batch
-from portal.usage.recording import UsageRequest, record_request, validate_usage_request
+from portal.usage.recording import record_request
+from portal.usage.requests import UsageRequest, validate_usage_request
 from tests.factories import T0, make_org, make_user
 from tests.usage.test_recording import counts, run_concurrently
 

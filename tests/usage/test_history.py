@@ -5,7 +5,8 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from portal.usage import get_usage_history, record_usage
-from portal.usage.recording import UsageRequest, record_validated
+from portal.usage.recording import record_for
+from portal.usage.requests import UsageRequest
 from portal.usage.subjects import resolve_effective_plan
 from tests.factories import T0, make_org, make_user
 
@@ -16,7 +17,7 @@ def backfill(session: Session, user_id: int, when_and_quantity: list[tuple[int, 
     for n, (days, quantity) in enumerate(when_and_quantity):
         moment = T0 + timedelta(days=days)
         request = UsageRequest(f"{user_id}-{n}", "suggestion", quantity, moment, None)
-        record_validated(session, effective, request, moment)
+        record_for(session, effective, request, moment)
     session.commit()
 
 

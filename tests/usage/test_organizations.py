@@ -35,8 +35,8 @@ def test_totals_cover_all_members_not_just_the_first_page(session: Session) -> N
     org = org_with_usage(session, usage)
     summary = get_org_usage_summary(session, org, organization_period(org, NOW), page_size=5)
     assert summary.member_count == 15
-    assert summary.members_used == sum(usage) == summary.pool_used
-    assert summary.pool_included == 1000
+    assert summary.members_used == sum(usage) == summary.pool.used
+    assert summary.pool.included == 1000
     assert summary.average_per_member == sum(usage) / 15
     assert len(summary.rows) == 5 and summary.page_count == 3
     assert [r.used for r in summary.rows] == [42, 39, 36, 33, 30]

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy.orm import Session
 
-from portal.usage import check_usage, record_usage
+from portal.usage import UnknownUser, check_usage, record_usage
 from tests.factories import T0, make_org, make_user
 
 
@@ -64,3 +65,68 @@ def test_projection_on_a_hard_capped_plan_stops_at_the_cap(session: Session) -> 
     record_usage(session, user.id, idempotency_key="a", now=now, quantity=4)
     session.commit()
     assert check_usage(session, user.id, now).projected_used == 5
+
+
+JAN_31 = datetime(2026, 1, 31, 9, 30, tzinfo=UTC)
+"""An anchor on the 31st: periods end on Feb 28, Mar 31, Apr 30 …"""
+
+
+def use(session: Session, user_id: int, quantity: int, at: datetime) -> None:
+    record_usage(session, user_id, idempotency_key=f"{user_id}-{at}", now=at, quantity=quantity)
+    session.commit()
+
+
+def test_status_reads_the_total_of_the_period_containing_the_moment(session: Session) -> None:
+    user = make_user(session, plan="pro", anchor=JAN_31)
+    use(session, user.id, 7, JAN_31 + timedelta(days=3))  # Jan 31 – Feb 28
+    use(session, user.id, 11, datetime(2026, 2, 28, 9, 30, tzinfo=UTC))  # exactly the next start
+    use(session, user.id, 2, datetime(2026, 3, 30, 23, 0, tzinfo=UTC))
+    moments = [
+        JAN_31,
+        JAN_31 + timedelta(days=3, hours=1),
+        datetime(2026, 2, 28, 9, 29, 59, 999999, tzinfo=UTC),  # last instant of period one
+        datetime(2026, 2, 28, 9, 30, tzinfo=UTC),
+        datetime(2026, 3, 31, 9, 29, tzinfo=UTC),
+        datetime(2026, 3, 31, 9, 30, tzinfo=UTC),  # a new period, nothing used yet
+        datetime(2026, 6, 1, tzinfo=UTC),
+    ]
+    seen = [check_usage(session, user.id, moment).used for moment in moments]
+    # Running totals per period: the one containing each moment, whenever it was used.
+    assert seen == [7, 7, 7, 13, 13, 0, 0]
+
+
+def test_status_of_every_kind_of_subject(session: Session) -> None:
+    at = JAN_31 + timedelta(days=10)
+    org = make_org(session, plan="team", seats=3, anchor=JAN_31 - timedelta(days=40))
+    member = make_user(session, org=org)
+    teammate = make_user(session, org=org)
+    idle_member = make_user(session, org=org)
+    # An individual paid plan wins over a live membership.
+    paying_member = make_user(session, plan="starter", org=org, anchor=JAN_31)
+    free = make_user(session)
+    session.commit()
+    use(session, member.id, 4, at - timedelta(days=1))
+    use(session, teammate.id, 9, at - timedelta(hours=1))
+    use(session, paying_member.id, 3, at - timedelta(hours=2))
+    use(session, free.id, 2, at - timedelta(hours=3))
+    use(session, member.id, 5, at - timedelta(days=35))  # the org's previous period
+
+    member_status = check_usage(session, member.id, at)
+    assert (member_status.used, member_status.member_used) == (13, 4)
+    by_email = check_usage(session, member.email.upper(), at)
+    assert by_email == member_status
+    idle_status = check_usage(session, idle_member.id, at)
+    assert (idle_status.used, idle_status.member_used) == (13, 0)
+    paying = check_usage(session, paying_member.id, at)
+    assert (paying.plan.id, paying.used, paying.member_used) == ("starter", 3, None)
+    assert (check_usage(session, free.id, at).used, check_usage(session, free.id, at).plan.id) == (
+        2,
+        "free",
+    )
+
+
+def test_an_unknown_user_has_no_status(session: Session) -> None:
+    with pytest.raises(UnknownUser):
+        check_usage(session, 987654, JAN_31)
+    with pytest.raises(UnknownUser):
+        check_usage(session, "nobody@example.com", JAN_31)

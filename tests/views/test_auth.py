@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from tests.factories import make_user
@@ -86,32 +87,57 @@ def test_sign_out_needs_the_csrf_token(app: Flask, session: Session, signed_in) 
     assert client.get("/usage").status_code == 200
 
 
-def test_sign_in_attempts_are_rate_limited_per_account(app: Flask, session: Session) -> None:
-    make_user(session, email="ada@example.com", password=PASSWORD)
-    session.commit()
-    statuses = []
-    for n in range(6):
-        client = app.test_client()  # a fresh client each time: the limit follows the account
-        client.environ_base["REMOTE_ADDR"] = f"10.0.0.{n}"
-        statuses.append(sign_in(client, "ada@example.com", "wrong").status_code)  # type: ignore[attr-defined]
-    assert statuses == [200, 200, 200, 200, 200, 429]
-    blocked = sign_in(app.test_client(), "ada@example.com")
-    assert blocked.status_code == 429  # type: ignore[attr-defined]
-    assert "Too many attempts" in blocked.get_data(as_text=True)  # type: ignore[attr-defined]
-
-
-def test_sign_in_attempts_say_how_many_remain_and_other_answers_do_not(
-    app: Flask, session: Session
-) -> None:
-    make_user(session, email="ada@example.com", password=PASSWORD)
-    session.commit()
+def from_address(app: Flask, address: str) -> FlaskClient:
     client = app.test_client()
-    attempt = sign_in(client, "ada@example.com", "wrong")
-    assert attempt.headers["X-RateLimit-Limit"] == "5"  # type: ignore[attr-defined]
-    assert attempt.headers["X-RateLimit-Remaining"] == "4"  # type: ignore[attr-defined]
-    # Only sign-in attempts are Flask-Limiter's: pages and the API carry no count.
-    for path in ("/login", "/healthz", "/api/v1/openapi.json"):
-        assert "X-RateLimit-Limit" not in client.get(path).headers
+    client.environ_base["REMOTE_ADDR"] = address
+    return client
+
+
+def test_failed_sign_ins_are_limited_per_account_and_address(app: Flask, session: Session) -> None:
+    make_user(session, email="ada@example.com", password=PASSWORD)
+    session.commit()
+    attacker = from_address(app, "203.0.113.66")
+    failures = [sign_in(attacker, "ada@example.com", "wrong").status_code for _ in range(5)]
+    refused = sign_in(attacker, "ada@example.com")  # even the right password, from there
+    assert failures == [200] * 5 and refused.status_code == 429
+    page = refused.get_data(as_text=True)
+    assert "Too many failed attempts. Wait " in page and 'name="password"' in page
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    # The owner, elsewhere, is not locked out by someone else's guesses.
+    assert sign_in(from_address(app, "198.51.100.7"), "ada@example.com").status_code == 302
+
+
+def test_successful_sign_ins_do_not_count(app: Flask, session: Session) -> None:
+    make_user(session, email="ada@example.com", password=PASSWORD)
+    session.commit()
+    statuses = [sign_in(from_address(app, "198.51.100.7"), "ada@example.com").status_code]
+    statuses += [
+        sign_in(from_address(app, "198.51.100.7"), "ada@example.com").status_code for _ in range(6)
+    ]
+    assert statuses == [302] * 7
+
+
+def test_failures_are_limited_per_address_across_accounts(app: Flask, session: Session) -> None:
+    make_user(session, email="ada@example.com", password=PASSWORD)
+    session.commit()
+    guesser = from_address(app, "203.0.113.66")
+    failures = [sign_in(guesser, f"user{n}@example.com", "wrong").status_code for n in range(20)]
+    assert failures == [200] * 20
+    assert sign_in(guesser, "ada@example.com").status_code == 429
+
+
+def test_a_json_body_meets_the_same_limits(app: Flask, session: Session) -> None:
+    make_user(session, email="ada@example.com", password=PASSWORD)
+    session.commit()
+    client = from_address(app, "203.0.113.66")
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+
+    def attempt(password: str) -> int:
+        body = {"email": "ada@example.com", "password": password}
+        headers = {"X-CSRFToken": token}
+        return client.post("/login", json=body, headers=headers).status_code
+
+    assert [attempt("wrong") for _ in range(5)] + [attempt(PASSWORD)] == [200] * 5 + [429]
 
 
 def test_passwords_are_hashed_with_a_current_algorithm(session: Session) -> None:

@@ -4,12 +4,13 @@ import csv
 import io
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
+from portal import clock
 from portal.models import Organization, User
 from portal.usage import organization_period, record_usage
 from tests.factories import make_org, make_user
@@ -19,7 +20,7 @@ SignIn = Callable[[str], FlaskClient]
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 def team(session: Session, usage: list[int]) -> tuple[Organization, User, list[User]]:

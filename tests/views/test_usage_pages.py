@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
+from portal import clock
 from portal.usage import record_usage
 from tests.factories import make_org, make_user
 from tests.views.conftest import PASSWORD
@@ -16,7 +17,7 @@ SignIn = Callable[[str], FlaskClient]
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 def use(session: Session, user_id: int, quantity: int) -> None:
