@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -151,12 +151,18 @@ class Identity:
     email: str
 
 
+_ACTIVE_IDENTITY = select(User.id, User.email).where(
+    User.id == bindparam("user_id"), User.disabled_at.is_(None)
+)
+
+
 def active_identity(session: Session, user_id: int) -> Identity | None:
-    """The user with this id, unless they no longer exist or are disabled (then: signed out)."""
+    """The user with this id, unless they no longer exist or are disabled (then: signed out).
+
+    Read on every page request (the user loader), so the statement is built once.
+    """
     with lone_statement(session) as connection:
-        row = connection.execute(
-            select(User.id, User.email).where(User.id == user_id, User.disabled_at.is_(None))
-        ).one_or_none()
+        row = connection.execute(_ACTIVE_IDENTITY, {"user_id": user_id}).one_or_none()
     return Identity(row.id, row.email) if row is not None else None
 
 

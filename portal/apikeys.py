@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from portal.database import lone_statement
@@ -70,6 +70,14 @@ def list_api_keys(session: Session) -> list[ApiKeyInfo]:
     return [_info(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.created_at))]
 
 
+_LIVE_KEY_BY_HASH = select(
+    ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.created_at, ApiKey.last_used_at
+).where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+_NOTE_USE = (
+    update(ApiKey).where(ApiKey.id == bindparam("key_id")).values(last_used_at=bindparam("now"))
+)
+
+
 def authenticate(session: Session, key: str, now: datetime) -> ApiKeyInfo | None:
     """The live key matching ``key``, or ``None`` for a malformed, unknown or revoked one.
 
@@ -80,16 +88,12 @@ def authenticate(session: Session, key: str, now: datetime) -> ApiKeyInfo | None
     if not KEY_PATTERN.match(key):
         return None
     with lone_statement(session) as connection:
-        row = connection.execute(
-            select(
-                ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.created_at, ApiKey.last_used_at
-            ).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-        ).one_or_none()
+        row = connection.execute(_LIVE_KEY_BY_HASH, {"key_hash": hash_key(key)}).one_or_none()
         if row is None:
             return None
         info = ApiKeyInfo(row.id, row.name, row.prefix, row.created_at, row.last_used_at, None)
         if info.last_used_at is None or now - info.last_used_at >= LAST_USED_RESOLUTION:
-            connection.execute(update(ApiKey).where(ApiKey.id == info.id).values(last_used_at=now))
+            connection.execute(_NOTE_USE, {"key_id": info.id, "now": now})
             info = replace(info, last_used_at=now)
     return info
 

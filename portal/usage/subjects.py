@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, func, select
+from sqlalchemy import ARRAY, Select, String, and_, any_, bindparam, func, literal, select
 from sqlalchemy.orm import Session
 
 from portal.accounts import normalize_email
@@ -97,12 +97,15 @@ def effective_plan_query(lookup: str) -> Select[Any]:
     memberships = Membership.__table__
     organizations = Organization.__table__
     member_orgs = organizations.alias("member_orgs")
+    # One array parameter, not an IN list: SQLAlchemy would expand an IN list
+    # into the statement again on every execution.
+    live = any_(literal(list(LIVE_SUBSCRIPTION_STATUSES), ARRAY(String)))
     first_live_membership = (
         select(func.min(memberships.c.id))
         .join(member_orgs, member_orgs.c.id == memberships.c.organization_id)
         .where(
             memberships.c.user_id == users.c.id,
-            member_orgs.c.subscription_status.in_(LIVE_SUBSCRIPTION_STATUSES),
+            member_orgs.c.subscription_status == live,
         )
         .scalar_subquery()
     )
@@ -128,7 +131,7 @@ def effective_plan_query(lookup: str) -> Select[Any]:
             subscriptions,
             and_(
                 subscriptions.c.user_id == users.c.id,
-                subscriptions.c.status.in_(LIVE_SUBSCRIPTION_STATUSES),
+                subscriptions.c.status == live,
                 subscriptions.c.plan_id != FREE.id,
             ),
         )
@@ -136,7 +139,7 @@ def effective_plan_query(lookup: str) -> Select[Any]:
         .outerjoin(organizations, organizations.c.id == chosen.c.organization_id)
     )
     if lookup == "emails":
-        return query.where(users.c.email.in_(bindparam("user_keys", expanding=True)))
+        return query.where(users.c.email == any_(bindparam("user_keys", type_=ARRAY(String))))
     key = users.c.email if lookup == "email" else users.c.id
     return query.where(key == bindparam("user_key"))
 
