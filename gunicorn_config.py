@@ -10,6 +10,7 @@ Not named ``gunicorn.conf.py``, which gunicorn reads by itself from the
 folder it starts in: ``gunicorn wsgi:app`` stays the plain set-up.
 """
 
+import gc
 import os
 import sys
 
@@ -35,3 +36,15 @@ def on_starting(server: object) -> None:
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def post_worker_init(worker: object) -> None:
+    """Take what the worker loaded at start-up out of the garbage collector's sight.
+
+    The app, its modules and SQLAlchemy's tables live as long as the worker,
+    yet every full collection walked them all again: a 1,000-event batch
+    allocates enough to set off collections costing about a fifth of its
+    Python time. ``gc.freeze()`` moves them to a generation no collection
+    visits; garbage made while answering requests is collected as before.
+    """
+    gc.freeze()
