@@ -166,14 +166,9 @@ def seed_demo(session: Session, now: datetime) -> DemoResult:
                 FIRST_NAMES[(n + len(slug)) % len(FIRST_NAMES)],
                 LAST_NAMES[n % len(LAST_NAMES)],
             )
-            email = (
-                f"admin@{slug}.example"
-                if n == 0
-                else f"{first.lower()}.{last.lower()}@{slug}.example"
-            )
             user = create_user(
                 session,
-                email=email,
+                email=_member_email(slug, n),
                 password=None,
                 display_name=f"{first} {last}",
                 organization=org,
@@ -239,12 +234,27 @@ def _backfill(
 
 
 def _sign_ins() -> list[tuple[str, str]]:
-    people = [
-        (email, f"{plan} plan" + (f" ({status})" if status != "active" else ""))
-        for email, _, plan, status, _, _ in INDIVIDUALS
-    ]
+    """One sign-in for each kind of user the portal shows differently."""
+    kinds = {
+        "free@demo.example": "free plan",
+        "capped@demo.example": "free plan, at its cap",
+        "starter@demo.example": "starter plan",
+        "pro@demo.example": "pro plan, in overage",
+        "trial@demo.example": "pro plan, trialing",
+    }
+    people = list(kinds.items())
+    team_slug, team_name, team_plan, *_ = ORGANIZATIONS[0]
+    people.append((_member_email(team_slug, 1), f"member of {team_name} ({team_plan})"))
     people += [
-        (f"admin@{slug}.example", f"admin of {name} ({plan})")
+        (_member_email(slug, 0), f"admin of {name} ({plan})")
         for slug, name, plan, *_ in ORGANIZATIONS
     ]
     return people
+
+
+def _member_email(slug: str, n: int) -> str:
+    """The email of an organization's ``n``-th demo member; the first is its admin."""
+    if n == 0:
+        return f"admin@{slug}.example"
+    first, last = FIRST_NAMES[(n + len(slug)) % len(FIRST_NAMES)], LAST_NAMES[n % len(LAST_NAMES)]
+    return f"{first.lower()}.{last.lower()}@{slug}.example"

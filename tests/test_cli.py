@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 from flask import Flask
 from sqlalchemy import func, select
@@ -17,6 +21,8 @@ from portal.models import (
     usage_report_backlog,
 )
 from portal.usage import check_usage, get_org_usage_summary, organization_period
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def row_counts(session: Session) -> tuple[int, ...]:
@@ -133,13 +139,30 @@ def test_seed_demo_loads_a_living_portal_once(app: Flask, session: Session) -> N
     runner = app.test_cli_runner()
     first = runner.invoke(args=["seed-demo"])
     assert first.exit_code == 0, first.output
-    assert "admin@acme.example" in first.output and "demo-password" in first.output
+    assert "demo-password" in first.output
+    # One sign-in per kind of user, each an account that exists and looks its part.
+    sign_ins = dict(line.split(maxsplit=1) for line in first.output.splitlines() if "@" in line)
+    assert list(sign_ins.values()) == [
+        "free plan",
+        "free plan, at its cap",
+        "starter plan",
+        "pro plan, in overage",
+        "pro plan, trialing",
+        "member of Acme Robotics (team)",
+        "admin of Acme Robotics (team)",
+        "admin of Globex Corporation (business)",
+    ]
+    now = clock.now()
+    statuses = {email: check_usage(session, email, now) for email in sign_ins}
+    assert statuses["capped@demo.example"].reason == "limit_reached"
+    assert statuses["pro@demo.example"].reason == "overage"
+    member = statuses[next(e for e, kind in sign_ins.items() if kind.startswith("member"))]
+    assert member.subject.kind == "organization" and member.member_used is not None
     counts = row_counts(session)
     again = runner.invoke(args=["seed-demo"])
     assert "not loaded" in again.output
     assert row_counts(session) == counts
 
-    now = clock.now()
     levels = {
         str(check_usage(session, e, now).warning_level)
         for e in (
@@ -171,3 +194,36 @@ def test_seed_demo_loads_a_living_portal_once(app: Flask, session: Session) -> N
     ).one()
     assert waiting > 0 and oldest_waiting is not None
     assert oldest_waiting >= now - UNREPORTED_WINDOW - timedelta(minutes=1)
+
+
+def test_every_flask_command_works_in_a_fresh_shell(database_url: str) -> None:
+    """No PORTAL_ENV, no SECRET_KEY: the production default, as in a new terminal or cron."""
+    flask = str(Path(sys.executable).parent / "flask")
+    environment = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [flask, *args], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120
+        )
+
+    listing = run("--help")
+    assert listing.returncode == 0, listing.stderr
+    commands = [
+        "create-org",
+        "create-user",
+        "disable-user",
+        "enable-user",
+        "seed-demo",
+        "create-api-key",
+        "revoke-api-key",
+        "list-api-keys",
+        "report-usage",
+        "usage-status",
+        "db",
+    ]
+    for command in commands:
+        assert command in listing.stdout
+        shown = run(command, "--help")
+        assert shown.returncode == 0 and "Usage:" in shown.stdout, (command, shown.stderr)
+    status = run("usage-status")
+    assert status.returncode == 0 and "Backlog: empty." in status.stdout, status.stderr
