@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -32,7 +31,8 @@ from portal.usage import (
     check_usage,
     record_usage,
 )
-from tests.factories import T0, make_org, make_user
+from tests.factories import NOW as CLOCK_START
+from tests.factories import T0, FrozenClock, make_org, make_user
 
 NOW = T0 + timedelta(days=3)
 T = TypeVar("T")
@@ -495,13 +495,12 @@ def test_a_user_deleted_after_recording_is_unknown(session: Session) -> None:
     assert counts(session) == (0, 0, 0)
 
 
-def test_event_ids_are_time_ordered_version_7_uuids() -> None:
-    before = time.time_ns() // 1_000_000
+def test_event_ids_are_time_ordered_version_7_uuids(clock: FrozenClock) -> None:
     first = new_event_ids(1000)
-    after = time.time_ns() // 1_000_000
-    time.sleep(0.002)
+    clock.advance(timedelta(milliseconds=2))
     later = new_event_id()
     assert len(set(first)) == 1000
     assert {(i.version, i.variant) for i in [*first, later]} == {(7, uuid.RFC_4122)}
-    assert all(before <= i.int >> 80 <= after for i in first)  # Unix milliseconds
+    # The first 48 bits are the recording time in Unix milliseconds.
+    assert {i.int >> 80 for i in first} == {int(CLOCK_START.timestamp() * 1000)}
     assert max(first) < later  # index order is recording order
