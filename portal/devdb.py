@@ -20,6 +20,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, make_url, text
 
+from portal import encoding
+
 DATA_FOLDER = "postgres"
 """The server's data folder, inside the Flask instance folder."""
 DATABASE = "portal"
@@ -66,7 +68,7 @@ def _forget_processes_gone(folder: Path) -> None:
         if not listed.exists():
             return
         alive = [pid for pid in json.loads(listed.read_text()) if _alive(pid)]
-        listed.write_text(json.dumps(alive))
+        listed.write_text(encoding.dumps(alive))
 
 
 def _alive(pid: int) -> bool:

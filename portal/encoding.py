@@ -15,6 +15,9 @@ from typing import Any
 import orjson
 from flask.json.provider import JSONProvider
 
+EncodeError = orjson.JSONEncodeError
+"""What ``dumps`` raises for a value JSON cannot hold (an integer past 64 bits, say)."""
+
 
 def _default(value: object) -> Any:
     if isinstance(value, Decimal):

@@ -49,6 +49,7 @@ class RateLimits:
 
     def __init__(self, storage_url: str) -> None:
         storage = storage_from_string(storage_url)
+        self._storage = storage
         self._moving = MovingWindowRateLimiter(storage)
         self._fixed = FixedWindowRateLimiter(storage)
 
@@ -67,6 +68,10 @@ class RateLimits:
             if not strategy.test(rate, limit.name, *identifiers):
                 return self._wait(limit, rate, identifiers)
         return None
+
+    def reset(self) -> None:
+        """Forget every count (an operator clearing a lock-out, a test between cases)."""
+        self._storage.reset()
 
     def _wait(self, limit: Limit, rate: RateLimitItem, identifiers: tuple[str, ...]) -> int:
         strategy = self._moving if limit.moving else self._fixed

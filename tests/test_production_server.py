@@ -199,3 +199,15 @@ def test_production_workers_take_their_start_up_objects_out_of_garbage_collectio
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("content_length", ["abc", "-1", "2\r\nContent-Length: 2"])
+def test_a_malformed_content_length_gets_400(server: str, content_length: str) -> None:
+    host, port = server.split(":")
+    answer = exchange(
+        int(port),
+        b"POST /api/v1/usage-events HTTP/1.1\r\nHost: portal\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + content_length.encode() + b"\r\n\r\n{}",
+    )
+    assert answer.startswith(b"HTTP/1.1 400")

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
-
 from portal import encoding
 from portal.accounts import EMAIL_PATTERN
 from portal.periods import as_utc
@@ -178,7 +176,7 @@ def _metadata_problem(metadata: dict[str, Any]) -> str | None:
     """
     try:
         encoded = encoding.dump_bytes(metadata)
-    except (orjson.JSONEncodeError, TypeError):
+    except (encoding.EncodeError, TypeError):
         return "must hold only JSON values, with integers of at most 64 bits"
     if len(encoded) > MAX_METADATA_BYTES:
         return f"must be at most {MAX_METADATA_BYTES} bytes as JSON"
