@@ -7,21 +7,22 @@ written, and ``AccountError`` says what is wrong in one sentence.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from portal.database import lone_statement
 from portal.models import ROLES, Membership, Organization, User, UserSubscription
 from portal.plans import FREE, INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
+from portal.sessions import end_sessions_of
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 STRIPE_CUSTOMER_PATTERN = re.compile(r"^cus_[A-Za-z0-9]+$")
 MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+"""The sign-in form's limit too: hashing a longer one only costs the server."""
 MAX_SEATS = 100_000
 
 
@@ -32,6 +33,13 @@ def normalize_email(email: str) -> str:
 
 class AccountError(ValueError):
     """Input for a new account is invalid or clashes with an existing one."""
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise AccountError(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
 
 
 def _check_stripe_customer(customer: str | None) -> None:
@@ -100,8 +108,8 @@ def create_user(
     email = normalize_email(email)
     if not EMAIL_PATTERN.match(email) or len(email) > 254:
         raise AccountError(f"email {email!r} is not a valid address")
-    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
-        raise AccountError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if password is not None:
+        _check_password(password)
     if plan_id not in INDIVIDUAL_PLAN_IDS:
         raise AccountError(f"plan must be one of {', '.join(INDIVIDUAL_PLAN_IDS)}, got {plan_id!r}")
     if stripe_customer_id is not None and plan_id == FREE.id:
@@ -143,44 +151,40 @@ def add_member(
     return membership
 
 
-@dataclass(frozen=True)
-class Identity:
-    """The little of a signed-in user every page needs: the id and the email shown in the footer."""
-
-    id: int
-    email: str
-
-
-_ACTIVE_IDENTITY = select(User.id, User.email).where(
-    User.id == bindparam("user_id"), User.disabled_at.is_(None)
-)
-
-
-def active_identity(session: Session, user_id: int) -> Identity | None:
-    """The user with this id, unless they no longer exist or are disabled (then: signed out).
-
-    Read on every page request (the user loader), so the statement is built once.
-    """
-    with lone_statement(session) as connection:
-        row = connection.execute(_ACTIVE_IDENTITY, {"user_id": user_id}).one_or_none()
-    return Identity(row.id, row.email) if row is not None else None
-
-
 class UnknownAccount(LookupError):
     """No user has this email."""
+
+
+def find_user(session: Session, email: str) -> User:
+    """The user with this email; ``UnknownAccount`` names it otherwise."""
+    user = session.scalar(select(User).where(User.email == normalize_email(email)))
+    if user is None:
+        raise UnknownAccount(f"no user with email {normalize_email(email)!r}")
+    return user
 
 
 def set_disabled(session: Session, email: str, now: datetime | None) -> User:
     """Disable the user at ``now`` (``None``: enable again). The caller commits.
 
-    A disabled user is signed out of every session at their next request and
-    nothing more is recorded for them; their usage so far stays counted.
+    A disabled user's sessions end (every cookie of theirs is refused from the
+    next request on) and nothing more is recorded for them; their usage so
+    far stays counted.
     """
-    user = session.scalar(select(User).where(User.email == normalize_email(email)))
-    if user is None:
-        raise UnknownAccount(f"no user with email {normalize_email(email)!r}")
+    user = find_user(session, email)
     if now is None or user.disabled_at is None:
         user.disabled_at = now
+    if now is not None:
+        end_sessions_of(session, user.id)
+    session.flush()
+    return user
+
+
+def set_password(session: Session, email: str, password: str) -> User:
+    """Give the user a new password and end all their sessions. The caller commits."""
+    _check_password(password)
+    user = find_user(session, email)
+    user.password_hash = generate_password_hash(password)
+    end_sessions_of(session, user.id)
     session.flush()
     return user
 

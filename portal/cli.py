@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 
 import click
@@ -15,13 +16,16 @@ from portal.accounts import (
     UnknownAccount,
     create_organization,
     create_user,
+    find_user,
     set_disabled,
+    set_password,
 )
 from portal.apikeys import ApiKeyError, create_api_key, list_api_keys, revoke_api_key
 from portal.billing import cli as billing_cli
 from portal.extensions import db
 from portal.models import Organization
 from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
+from portal.sessions import end_sessions_of
 
 
 def _session() -> Session:
@@ -133,6 +137,40 @@ def enable_user_command(email: str) -> None:
     click.echo(f"Enabled {user.email}.")
 
 
+@click.command("sign-out-user")
+@click.option("--email", required=True)
+def sign_out_user_command(email: str) -> None:
+    """End every session of a user: each open browser is signed out at its next request."""
+    try:
+        user = find_user(_session(), email)
+    except UnknownAccount as error:
+        raise click.UsageError(str(error)) from error
+    ended = end_sessions_of(_session(), user.id)
+    db.session.commit()
+    click.echo(f"Signed {user.email} out of {ended} session{'' if ended == 1 else 's'}.")
+
+
+@click.command("set-password")
+@click.option("--email", required=True)
+def set_password_command(email: str) -> None:
+    """Set a user's password, read from a prompt (or stdin), never the command line.
+
+    Every session of the user ends: browsers signed in with the old password
+    must sign in again.
+    """
+    if sys.stdin.isatty():
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        user = set_password(_session(), email, password)
+    except (UnknownAccount, AccountError) as error:
+        db.session.rollback()
+        raise click.UsageError(str(error)) from error
+    db.session.commit()
+    click.echo(f"Set a new password for {user.email}; all their sessions have ended.")
+
+
 @click.command("seed-demo")
 def seed_demo_command() -> None:
     """Load the demo data set into an empty database (does nothing otherwise)."""
@@ -204,6 +242,8 @@ def init_app(app: Flask) -> None:
         seed_demo_command,
         disable_user_command,
         enable_user_command,
+        sign_out_user_command,
+        set_password_command,
         create_api_key_command,
         revoke_api_key_command,
         list_api_keys_command,

@@ -9,6 +9,7 @@ session cookies): ``flask`` commands and the reporter run without one, and
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ def load_config(
     port = _whole_number(environ, "PORT", "5000", 1, 65535)
     proxies = _whole_number(environ, "TRUSTED_PROXIES", "0", 0, 5)
     poll_seconds = _whole_number(environ, "POLL_SECONDS", str(DEFAULT_POLL_SECONDS), 1, 3600)
+    idle_hours = _whole_number(environ, "SESSION_IDLE_HOURS", "12", 1, 24 * 30)
+    lifetime_days = _whole_number(environ, "SESSION_LIFETIME_DAYS", "14", 1, 365)
 
     storage = environ.get("RATE_LIMIT_STORAGE_URL", "memory://").strip() or "memory://"
     if not storage.startswith(("memory://", "redis://", "rediss://")):
@@ -83,6 +86,10 @@ def load_config(
         "PORT": port,
         "TRUSTED_PROXIES": proxies,
         "POLL_SECONDS": poll_seconds,
+        "SESSION_IDLE_HOURS": idle_hours,
+        "SESSION_LIFETIME_DAYS": lifetime_days,
+        # The signed cookie cannot outlive the server-side session it names.
+        "PERMANENT_SESSION_LIFETIME": timedelta(days=lifetime_days),
         "PORTAL_MAINTENANCE": maintenance in TRUE_WORDS,
         "RATE_LIMIT_STORAGE_URL": storage,
         "API_RATE_LIMIT": api_rate_limit,

@@ -11,7 +11,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask_login import UserMixin
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -103,7 +102,7 @@ class Organization(db.Model):  # type: ignore[name-defined,misc]
         return f"<Organization {self.slug} {self.plan_id}x{self.seats}>"
 
 
-class User(UserMixin, db.Model):  # type: ignore[name-defined,misc]
+class User(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "users"
     __table_args__ = (
         # Emails are stored lower-cased, which makes the unique index
@@ -162,6 +161,23 @@ class UserSubscription(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
     user: Mapped[User] = relationship(back_populates="subscription")
+
+
+class UserSession(db.Model):  # type: ignore[name-defined,misc]
+    """One signed-in browser: a session the server can end (sign-out, disabling, timeouts).
+
+    The browser's signed cookie carries a random token; only its SHA-256 is
+    kept here, so the table cannot sign anyone in.
+    """
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    """Refreshed at most once a minute; the idle timeout counts from it."""
 
 
 def new_event_ids(count: int) -> list[uuid.UUID]:
@@ -307,8 +323,8 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
     )
     period_start: Mapped[datetime] = mapped_column(UTCDateTime())
     period_end: Mapped[datetime] = mapped_column(UTCDateTime())
-    used: Mapped[int] = mapped_column(Integer)
-    included: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int] = mapped_column(BigInteger)
+    included: Mapped[int] = mapped_column(BigInteger)
     plan_id: Mapped[str] = mapped_column(String(32))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -329,7 +345,7 @@ class MemberUsage(db.Model):  # type: ignore[name-defined,misc]
     user_id: Mapped[int] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
-    used: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int] = mapped_column(BigInteger)
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

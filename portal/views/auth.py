@@ -19,6 +19,7 @@ from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
+from portal import clock
 from portal.accounts import authenticate_user, normalize_email
 from portal.extensions import db
 from portal.ratelimit import (
@@ -28,6 +29,8 @@ from portal.ratelimit import (
     Limit,
     RateLimits,
 )
+from portal.sessions import end_session, start_session
+from portal.views.security import SignedInUser
 
 blueprint = Blueprint("auth", __name__)
 
@@ -87,7 +90,9 @@ def login() -> Response | str | tuple[str, int, dict[str, str]]:
     if form.validate_on_submit():
         user = authenticate_user(db.session(), form.email.data, form.password.data)
         if user is not None:
-            login_user(user)
+            signed_in = start_session(db.session(), user, clock.now())
+            db.session.commit()
+            login_user(SignedInUser(signed_in.user_id, signed_in.email, signed_in.token))
             return redirect(safe_next(request.args.get("next")))
     for limit, ids in counters:
         rate_limits.hit(limit, *ids)
@@ -97,7 +102,14 @@ def login() -> Response | str | tuple[str, int, dict[str, str]]:
 
 @blueprint.post("/logout")
 def logout() -> Response:
-    """Sign out (a POST with the CSRF token, so other sites cannot sign users out)."""
+    """Sign out (a POST with the CSRF token, so other sites cannot sign users out).
+
+    The session ends on the server too: its cookie, saved and replayed, signs
+    nobody in.
+    """
+    if current_user.is_authenticated:
+        end_session(db.session(), current_user.token)
+        db.session.commit()
     logout_user()
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))

@@ -3,33 +3,52 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
-from flask import Flask, Response, redirect, request, url_for
+from flask import Flask, Response, current_app, redirect, request, url_for
 from flask_login import AnonymousUserMixin, UserMixin
 
-from portal.accounts import active_identity
+from portal import clock
 from portal.extensions import db, login_manager
+from portal.sessions import SessionPolicy, live_session
+
+MAX_TOKEN_LENGTH = 64
 
 
 @dataclass(frozen=True)
 class SignedInUser(UserMixin):
     """The signed-in user as pages see it (``current_user``): the id and the email.
 
-    Loaded on every request, so it comes from one small statement instead of
-    the ``User`` model; views that need more of the account load it themselves.
+    Flask-Login keeps what ``get_id`` returns in the cookie: the session's
+    token, not the user's id, so the server can end the session
+    (``portal.sessions``).
     """
 
     id: int
     email: str
+    token: str
+
+    def get_id(self) -> str:
+        return self.token
+
+
+def session_policy() -> SessionPolicy:
+    config = current_app.config
+    return SessionPolicy(
+        idle_timeout=timedelta(hours=config["SESSION_IDLE_HOURS"]),
+        lifetime=timedelta(days=config["SESSION_LIFETIME_DAYS"]),
+    )
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> SignedInUser | None:
-    """The session's user; ``None`` (signed out) when the account is gone or disabled."""
-    if not (user_id.isascii() and user_id.isdigit()) or len(user_id) > 18:
+def load_user(token: str) -> SignedInUser | None:
+    """The session's user; ``None`` (signed out) once the session has ended."""
+    if not token.isascii() or len(token) > MAX_TOKEN_LENGTH:
         return None
-    identity = active_identity(db.session(), int(user_id))
-    return SignedInUser(identity.id, identity.email) if identity is not None else None
+    signed_in = live_session(db.session(), token, clock.now(), session_policy())
+    if signed_in is None:
+        return None
+    return SignedInUser(signed_in.user_id, signed_in.email, signed_in.token)
 
 
 def unauthorized() -> Response:
@@ -48,3 +67,7 @@ login_manager.unauthorized_handler(unauthorized)
 def init_app(app: Flask) -> None:
     login_manager.init_app(app)
     login_manager.anonymous_user = AnonymousUserMixin
+    # Sessions end on the server (portal.sessions); binding them to the
+    # client's address would only mark them "not fresh", which nothing uses,
+    # and read an address a client can forge.
+    login_manager.session_protection = None

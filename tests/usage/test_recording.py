@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -504,3 +504,18 @@ def test_event_ids_are_time_ordered_version_7_uuids(clock: FrozenClock) -> None:
     # The first 48 bits are the recording time in Unix milliseconds.
     assert {i.int >> 80 for i in first} == {int(CLOCK_START.timestamp() * 1000)}
     assert max(first) < later  # index order is recording order
+
+
+def test_totals_past_32_bits_keep_counting(session: Session) -> None:
+    org = make_org(session, plan="team", seats=1)
+    user = make_user(session, org=org)
+    session.commit()
+    record_usage(session, user.id, idempotency_key="first", now=NOW)
+    near = 2**31 - 5_000
+    session.execute(update(UsageRecord).values(used=near))
+    session.execute(update(MemberUsage).values(used=near))
+    session.commit()
+    outcome = record_usage(session, user.id, idempotency_key="big", now=NOW, quantity=10_000)
+    assert outcome.result is RecordResult.CREATED
+    assert (outcome.status.used, outcome.status.member_used) == (near + 10_000, near + 10_000)
+    assert check_usage(session, user.id, NOW).used == near + 10_000

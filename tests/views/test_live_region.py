@@ -140,11 +140,11 @@ def test_a_poll_reads_the_user_then_the_usage_in_one_statement(
         assert client.get("/usage/current").status_code == 200
     with statements_sent() as unchanged:
         assert client.get("/usage/current", headers={"If-None-Match": etag}).status_code == 304
-    # The user loader checks the account (it may be gone or disabled), then the
+    # The user loader checks the session (it may have ended), then the
     # view reads plan and usage in one statement; neither opens a transaction.
     for sent in (fresh, unchanged):
         assert len(sent) == 2, sent
-        assert "FROM users" in sent[0] and "usage_records" in sent[1]
+        assert "FROM user_sessions" in sent[0] and "usage_records" in sent[1]
 
 
 @pytest.mark.parametrize("case", ["no cookie", "forged cookie", "HEAD"])
