@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from portal.accounts import SLUG_PATTERN
 from portal.models import Membership, Organization, User
 
 
@@ -21,8 +22,14 @@ class Forbidden(PermissionError):
     """The user may know it exists, but not see it."""
 
 
+MAX_ID = 2**31 - 1
+"""Ids are PostgreSQL ``integer`` serials: a larger number names nothing."""
+
+
 def organization_for_admin(session: Session, user_id: int, slug: str) -> Organization:
     """The organization ``slug`` if ``user_id`` administers it."""
+    if not SLUG_PATTERN.match(slug):
+        raise NotVisible(f"no organization {slug!r}")
     row = session.execute(
         select(Organization, Membership.role)
         .join(Membership, Membership.organization_id == Organization.id)
@@ -38,6 +45,8 @@ def organization_for_admin(session: Session, user_id: int, slug: str) -> Organiz
 
 def member_of(session: Session, organization: Organization, member_id: int) -> User:
     """A member of ``organization``; ``NotVisible`` for anyone else."""
+    if not 0 < member_id <= MAX_ID:
+        raise NotVisible(f"no member {member_id} in {organization.slug!r}")
     user = session.scalar(
         select(User)
         .join(Membership, Membership.user_id == User.id)

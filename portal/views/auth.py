@@ -46,8 +46,12 @@ class LoginForm(FlaskForm):  # type: ignore[misc]
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after signing in: a local path only, never another site."""
-    if target:
+    """Where to go after signing in: a local path only, never another site.
+
+    Control characters (a CR/LF would split the Location header) send the
+    user to the dashboard instead.
+    """
+    if target and target.isprintable():
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target:
             return target if not target.startswith("//") else url_for("usage.dashboard")

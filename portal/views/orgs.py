@@ -57,15 +57,29 @@ def _chosen_period(periods: list[BillingPeriod]) -> BillingPeriod:
     abort(404)
 
 
+MAX_PAGE = 100_000
+"""Past this no organization has members to show (pages of 25)."""
+
+
 def _table_state() -> tuple[MemberSort, bool, str, int]:
+    """Sort, direction, filter and page from the query string; defaults for what is not there.
+
+    A filter with a NUL character cannot be searched for (400); a page number
+    past any organization's last page is not found (404).
+    """
     try:
         sort = MemberSort(request.args.get("sort", MemberSort.USED))
     except ValueError:
         sort = MemberSort.USED
     descending = request.args.get("dir", "desc" if sort is MemberSort.USED else "asc") == "desc"
     search = request.args.get("q", "")[:100]
-    page = request.args.get("page", "1")
-    return sort, descending, search, int(page) if page.isdigit() and int(page) > 0 else 1
+    if "\x00" in search:
+        abort(400)
+    text = request.args.get("page", "1")
+    page = int(text) if text.isascii() and text.isdigit() and 0 < len(text) < 10 else 1
+    if page > MAX_PAGE:
+        abort(404)
+    return sort, descending, search, max(page, 1)
 
 
 @blueprint.get("/<slug>/usage")
