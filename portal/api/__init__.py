@@ -42,7 +42,7 @@ from portal.usage.batch import (
     record_usage_batch,
 )
 from portal.usage.recording import record_request
-from portal.usage.requests import is_plausible_email, parse_usage_event
+from portal.usage.requests import field_name, is_plausible_email, parse_usage_event
 
 blueprint = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -124,7 +124,7 @@ def record_usage_events() -> Response:
     """Record up to 1,000 events in one round trip; one result per event, in order."""
     now = clock.now()
     body = read_json_object(request)
-    unknown = {name: "unknown field" for name in body if name != "events"}
+    unknown = {field_name(name): "unknown field" for name in body if name != "events"}
     events = body.get("events")
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH_SIZE:
         unknown["events"] = f"must be a list of 1 to {MAX_BATCH_SIZE} events"

@@ -62,6 +62,11 @@ def is_text(value: object) -> bool:
     return True
 
 
+def field_name(name: str) -> str:
+    """A field's name as it can be written back in an answer: lone surrogates escaped."""
+    return name if is_text(name) else name.encode("utf-8", "backslashreplace").decode()
+
+
 def is_plausible_email(value: object) -> bool:
     return (
         is_text(value)
@@ -123,11 +128,7 @@ def parse_usage_event(data: object, now: datetime) -> tuple[str, UsageRequest]:
     problem."""
     if not isinstance(data, dict):
         raise InvalidUsage({"event": "must be a JSON object"})
-    errors = {
-        name if is_text(name) else "event": "unknown field"
-        for name in data
-        if name not in EVENT_FIELDS
-    }
+    errors = {field_name(name): "unknown field" for name in data if name not in EVENT_FIELDS}
     email = data.get("user_email")
     if not is_plausible_email(email):
         errors["user_email"] = "is required and must be an email address"
@@ -174,13 +175,16 @@ def _metadata_problem(metadata: dict[str, Any]) -> str | None:
     in 64 bits there, and PostgreSQL's ``json`` type refuses NUL characters
     and non-finite numbers.
     """
+    problem = _value_problem(metadata)
+    if problem:
+        return problem
     try:
         encoded = encoding.dump_bytes(metadata)
     except (encoding.EncodeError, TypeError):
         return "must hold only JSON values, with integers of at most 64 bits"
     if len(encoded) > MAX_METADATA_BYTES:
         return f"must be at most {MAX_METADATA_BYTES} bytes as JSON"
-    return _value_problem(metadata)
+    return None
 
 
 def _value_problem(value: object) -> str | None:
@@ -189,6 +193,8 @@ def _value_problem(value: object) -> str | None:
         return "must not contain infinite numbers"
     if isinstance(value, str) and "\x00" in value:
         return "must not contain NUL characters"
+    if isinstance(value, str) and not is_text(value):
+        return "must hold valid Unicode text (no unpaired surrogates)"
     if isinstance(value, dict):
         items: list[object] = [*value.keys(), *value.values()]
     elif isinstance(value, list):
