@@ -20,19 +20,18 @@ from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.billing.preview import ReportPreview, preview_report
+from portal.billing.recovery import BatchNotFailed, mark_batch_sent
+from portal.billing.recovery import requeue_unbilled as requeue_unbilled_usage
 from portal.billing.reporter import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CLI_SENDERS,
     DEFAULT_MAX_SECONDS,
     MAX_BATCH_SIZE,
     MAX_SENDERS,
-    BatchNotFailed,
     ReportOptions,
     ReportSummary,
-    mark_batch_sent,
     report_usage,
 )
-from portal.billing.reporter import requeue_unbilled as requeue_unbilled_usage
 from portal.billing.settings import StripeSettings, load_stripe_settings
 from portal.billing.status import ReportingStatus, RunInfo, reporting_status
 from portal.config import ConfigError
