@@ -11,8 +11,9 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import click
 from flask import Flask, current_app
@@ -20,25 +21,26 @@ from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.billing.preview import ReportPreview, preview_report
+from portal.billing.recovery import BatchNotFailed, mark_batch_sent
+from portal.billing.recovery import requeue_unbilled as requeue_unbilled_usage
 from portal.billing.reporter import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CLI_SENDERS,
     DEFAULT_MAX_SECONDS,
     MAX_BATCH_SIZE,
     MAX_SENDERS,
-    BatchNotFailed,
     ReportOptions,
     ReportSummary,
-    mark_batch_sent,
     report_usage,
 )
-from portal.billing.reporter import requeue_unbilled as requeue_unbilled_usage
-from portal.billing.settings import StripeSettings, load_stripe_settings
+from portal.billing.settings import StripeSettings, load_meter_event_name, load_stripe_settings
 from portal.billing.status import ReportingStatus, RunInfo, reporting_status
 from portal.config import ConfigError
 from portal.extensions import db
 
 PREVIEW_LINES_SHOWN = 50
+
+Setting = TypeVar("Setting")
 
 
 def _session() -> Session:
@@ -55,9 +57,12 @@ def _stripe_environ() -> Mapping[str, str]:
     return {**os.environ, **configured}
 
 
-def _settings_or_exit(ctx: click.Context) -> StripeSettings:
+def _configured_or_exit(
+    ctx: click.Context, load: Callable[[Mapping[str, str]], Setting]
+) -> Setting:
+    """What ``load`` reads from the ``STRIPE_*`` settings; a bad one exits 2, naming it."""
     try:
-        return load_stripe_settings(_stripe_environ())
+        return load(_stripe_environ())
     except ConfigError as error:
         click.echo(f"configuration error: {error}", err=True)
         ctx.exit(2)
@@ -130,9 +135,15 @@ def report_usage_command(
         db.session.commit()
         click.echo(f"Put {requeued} usage events back in the backlog; the next run reports them.")
         return
-    settings = _settings_or_exit(ctx)
+    settings: StripeSettings | None = None
+    if dry_run:
+        # It sends nothing, so it needs no Stripe key: only the meter's event name.
+        event_name = _configured_or_exit(ctx, load_meter_event_name)
+    else:
+        settings = _configured_or_exit(ctx, load_stripe_settings)
+        event_name = settings.meter_event_name
     options = ReportOptions(
-        event_name=settings.meter_event_name,
+        event_name=event_name,
         batch_size=batch_size,
         limit=limit,
         max_seconds=max_seconds,
@@ -140,7 +151,7 @@ def report_usage_command(
         senders=senders,
         worker=f"{socket.gethostname()}:{os.getpid()}",
     )
-    if dry_run:
+    if settings is None:  # --dry-run
         preview = preview_report(_session(), clock.now(), options)
         db.session.rollback()
         _echo_preview(preview, as_json)

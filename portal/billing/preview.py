@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import Integer, String, bindparam, or_, select, text
 from sqlalchemy.orm import Session
 
-from portal.billing.reporter import (
+from portal.billing.reporter import ReportOptions
+from portal.billing.rules import (
     CLAIM_AGE_MARGIN,
     STRIPE_MAX_EVENT_AGE,
-    ReportOptions,
     meter_timestamp,
     skip_reason,
 )

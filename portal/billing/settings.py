@@ -1,7 +1,8 @@
 """The reporter's Stripe settings, read from the environment and checked before any work.
 
 Only ``flask report-usage`` needs them, so a missing key stops that command
-(exit 2, a message naming the variable) and nothing else in the portal.
+(exit 2, a message naming the variable) and nothing else in the portal. Its
+dry run sends nothing: it reads the meter's event name only.
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ class StripeSettings:
         )
 
 
+def load_meter_event_name(environ: Mapping[str, str]) -> str:
+    """The meter's event name from ``STRIPE_METER_EVENT_NAME``; ``ConfigError`` if malformed."""
+    event_name = environ.get("STRIPE_METER_EVENT_NAME", "").strip() or DEFAULT_METER_EVENT_NAME
+    if len(event_name) > MAX_EVENT_NAME_LENGTH or not EVENT_NAME_PATTERN.match(event_name):
+        raise ConfigError(
+            f"STRIPE_METER_EVENT_NAME must be 1 to {MAX_EVENT_NAME_LENGTH} printable characters "
+            f"without spaces (the meter's event name), got {event_name[:40]!r}"
+        )
+    return event_name
+
+
 def load_stripe_settings(environ: Mapping[str, str]) -> StripeSettings:
     """Stripe settings from ``STRIPE_*`` variables; ``ConfigError`` names the bad one."""
     api_key = environ.get("STRIPE_API_KEY", "").strip()
@@ -60,12 +72,7 @@ def load_stripe_settings(environ: Mapping[str, str]) -> StripeSettings:
             f"(rk_test_…/rk_live_…), got a value of another form ({kind})"
         )
 
-    event_name = environ.get("STRIPE_METER_EVENT_NAME", "").strip() or DEFAULT_METER_EVENT_NAME
-    if len(event_name) > MAX_EVENT_NAME_LENGTH or not EVENT_NAME_PATTERN.match(event_name):
-        raise ConfigError(
-            f"STRIPE_METER_EVENT_NAME must be 1 to {MAX_EVENT_NAME_LENGTH} printable characters "
-            f"without spaces (the meter's event name), got {event_name[:40]!r}"
-        )
+    event_name = load_meter_event_name(environ)
 
     api_base = environ.get("STRIPE_API_BASE", "").strip().rstrip("/") or None
     if api_base is not None:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.orm import Session
 
-from portal.billing.reporter import STRIPE_MAX_EVENT_AGE, SkipReason, listed_event_ids
+from portal.billing.rules import STRIPE_MAX_EVENT_AGE, SkipReason, listed_event_ids
 from portal.models import (
     UsageEvent,
     UsageReportBatch,

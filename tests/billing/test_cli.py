@@ -145,6 +145,34 @@ def test_dry_run_lists_the_meter_events_and_changes_nothing(
     assert session.scalar(select(func.count()).select_from(UsageReportRun)) == 0
 
 
+def test_dry_run_needs_no_stripe_key(app: Flask, session: Session) -> None:
+    """It sends nothing: an operator may preview on a machine without the secret key."""
+    usage = record_some_usage(session)
+
+    result = invoke(app, None, "report-usage", "--dry-run", STRIPE_API_KEY=None)
+
+    assert result.exit_code == 0, result.output
+    assert "Dry run: nothing is sent or changed" in result.output
+    for customer in usage.expected:
+        assert customer in result.output
+
+
+def test_dry_run_still_checks_the_meter_event_name(app: Flask, session: Session) -> None:
+    record_some_usage(session)
+
+    result = invoke(
+        app,
+        None,
+        "report-usage",
+        "--dry-run",
+        STRIPE_API_KEY=None,
+        STRIPE_METER_EVENT_NAME="two words",
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "STRIPE_METER_EVENT_NAME" in result.output
+
+
 def test_a_failed_batch_exits_1_shows_in_usage_status_and_recovers_with_retry_failed(
     app: Flask, session: Session, real_standin: StripeStandIn
 ) -> None:

@@ -10,7 +10,8 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from portal.billing.preview import preview_report
-from portal.billing.reporter import ReportOptions, meter_timestamp
+from portal.billing.reporter import ReportOptions
+from portal.billing.rules import meter_timestamp
 from portal.billing.stripe_client import StripeMeterEventGateway
 from portal.config import normalize_database_url
 from portal.models import UsageEvent, UsageReportBatch, UsageReportRun, UserSubscription

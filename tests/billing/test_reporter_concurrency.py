@@ -12,13 +12,16 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from portal.billing import reporter
-from portal.billing.reporter import ReportOptions, ReportSummary
+from portal.billing import claim, recovery, reporter
+from portal.billing.reporter import ReportSummary
+from portal.billing.sender import Senders
+from portal.billing.settings import DEFAULT_METER_EVENT_NAME
 from portal.billing.stripe_client import StripeMeterEventGateway
 from portal.extensions import db
 from portal.models import UsageEvent, UsageReportBatch
@@ -35,8 +38,6 @@ from tests.factories import make_org, make_user
 from tests.stripe_standin import Fault, StripeStandIn
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CLOCKS = (lambda seconds: None, lambda: 0.0, None)
-"""A run's sleep, monotonic clock and progress callback, for runs built by hand."""
 pytestmark = pytest.mark.slow
 
 
@@ -268,15 +269,18 @@ def test_a_claim_passes_over_the_events_another_claim_holds(
     """
     usage = record_plenty(session)
     total = sum(usage.expected.values())
-    statement = reporter.CLAIM
+    statement = claim.CLAIM
     assert statement is not None
 
+    def parameters(size: int) -> dict[str, Any]:
+        return claim.claim_parameters(
+            size, now=NOW, event_name=DEFAULT_METER_EVENT_NAME, run_id=None
+        )
+
     with Session(db.engine) as first_session, Session(db.engine) as second_session:
-        first = reporter._Run(first_session, gateway, NOW, ReportOptions(), *CLOCKS)
-        second = reporter._Run(second_session, gateway, NOW, ReportOptions(), *CLOCKS)
-        held = first_session.execute(statement, first.claim_parameters(100)).all()
+        held = first_session.execute(statement, parameters(100)).all()
         assert ("claimed", None, 100) in held  # not committed yet: its rows stay locked
-        taken = second_session.execute(statement, second.claim_parameters(1000)).all()
+        taken = second_session.execute(statement, parameters(1000)).all()
         second_session.commit()
         first_session.commit()
 
@@ -289,10 +293,10 @@ def test_a_claim_passes_over_the_events_another_claim_holds(
 
 def hold_what_runs_claim(monkeypatch: pytest.MonkeyPatch, other: Session) -> None:
     """After each claim, ``other`` locks the pending batches, as another run's sender would."""
-    claim = reporter._Run.claim
+    run_claim = reporter._Run.claim
 
     def claim_then_held_elsewhere(run: reporter._Run, size: int) -> int:
-        claimed = claim(run, size)
+        claimed = run_claim(run, size)
         other.execute(
             select(UsageReportBatch).where(UsageReportBatch.status == "pending").with_for_update()
         ).all()
@@ -318,14 +322,14 @@ def test_a_run_sends_its_own_batch_that_another_run_held_and_let_go(
     usage = Usage(session)
     usage.record(user, 2, billed_to=customer_of(user))
     other = Session(db.engine)
-    send_deferred = reporter._Run.send_deferred
+    send_deferred = Senders.send_deferred
 
-    def let_go_then_send_deferred(run: reporter._Run) -> None:
+    def let_go_then_send_deferred(senders: Senders) -> None:
         other.rollback()  # the other run puts it aside
-        send_deferred(run)
+        send_deferred(senders)
 
     hold_what_runs_claim(monkeypatch, other)
-    monkeypatch.setattr(reporter._Run, "send_deferred", let_go_then_send_deferred)
+    monkeypatch.setattr(Senders, "send_deferred", let_go_then_send_deferred)
     try:
         summary = run_reporter(session, gateway, senders=1)
     finally:
@@ -379,7 +383,7 @@ def test_two_requeues_at_once_put_unbilled_usage_back_once(
     session.commit()
 
     with Session(db.engine) as first, Session(db.engine) as second:
-        assert reporter.requeue_unbilled(first, NOW) == 1  # not committed yet
+        assert recovery.requeue_unbilled(first, NOW) == 1  # not committed yet
         results: list[int] = []
         waiting = threading.Thread(target=lambda: results.append(requeue(second)))
         waiting.start()
@@ -394,6 +398,6 @@ def test_two_requeues_at_once_put_unbilled_usage_back_once(
 
 
 def requeue(session: Session) -> int:
-    requeued = reporter.requeue_unbilled(session, NOW)
+    requeued = recovery.requeue_unbilled(session, NOW)
     session.commit()
     return requeued
