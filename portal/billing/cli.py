@@ -7,7 +7,6 @@ error (then nothing is touched).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -19,7 +18,7 @@ import click
 from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
-from portal import clock
+from portal import clock, encoding
 from portal.billing.preview import ReportPreview, preview_report
 from portal.billing.recovery import BatchNotFailed, mark_batch_sent
 from portal.billing.recovery import requeue_unbilled as requeue_unbilled_usage
@@ -172,7 +171,7 @@ def report_usage_command(
     else:
         summary = report_usage(session, gateway, clock.now(), options)
     if as_json:
-        click.echo(json.dumps(summary.as_dict(), sort_keys=True))
+        click.echo(encoding.dumps(summary.as_dict(), sort_keys=True))
     else:
         click.echo(summary_line(summary))
     if summary.error is not None:
@@ -230,7 +229,7 @@ def summary_line(summary: ReportSummary) -> str:
 
 def _echo_preview(preview: ReportPreview, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(preview.as_dict(), sort_keys=True))
+        click.echo(encoding.dumps(preview.as_dict(), sort_keys=True))
         return
     click.echo(
         f"Dry run: nothing is sent or changed. {preview.events_to_send} usage events would go "
@@ -263,7 +262,7 @@ def usage_status_command(as_json: bool) -> None:
     status = reporting_status(_session(), clock.now())
     db.session.rollback()
     if as_json:
-        click.echo(json.dumps(status.as_dict(), sort_keys=True))
+        click.echo(encoding.dumps(status.as_dict(), sort_keys=True))
         return
     for line in status_lines(status):
         click.echo(line)
