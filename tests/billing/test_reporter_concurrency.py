@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -353,14 +352,14 @@ def test_waiting_for_a_batch_another_run_holds_ends_with_the_time_budget(
     usage.record(user, 2, billed_to=customer_of(user))
     other = Session(db.engine)
     hold_what_runs_claim(monkeypatch, other)
-    started = time.monotonic()
     try:
+        # Were the wait not bounded by the budget, the run would block on the
+        # other session's lock until the test runner gave up: no timing needed.
         summary = run_reporter(session, gateway, senders=1, max_seconds=2)
     finally:
         monkeypatch.undo()
         other.close()
 
-    assert time.monotonic() - started < 10
     # Still held by the other run when this one ends: the other answers for it.
     assert (summary.exit_code, summary.pending, summary.batches_sent) == (0, 0, 0)
     assert standin.requests == []
