@@ -48,6 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # No secret key: the API never opens a cookie session.
     api_settings = {**settings, "SECRET_KEY": None}
     usage_api = api.create_api_app(base_app("portal.api", api_settings, rate_limits, static=False))
+    app.extensions["usage_api"] = usage_api
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {API_PREFIX: usage_api})  # type: ignore[method-assign]
     if settings["TRUSTED_PROXIES"]:
         # Behind a proxy, client addresses (for rate limits) and the scheme

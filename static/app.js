@@ -23,6 +23,58 @@
     }
   });
 
+  // A poll of the live region that fails (server down, network gone, a 503)
+  // leaves the figures standing, says since when they are not updated, and
+  // polling goes on: the first poll that succeeds replaces the region whole.
+  var LIVE_REGION = "current-usage";
+  var lastUpdated = new Date();
+
+  function isLiveRegion(element) {
+    return element && element.id === LIVE_REGION;
+  }
+
+  function clock(moment) {
+    return moment.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function markStale(region, reason) {
+    var note = region.querySelector("[data-stale]");
+    if (!note) {
+      note = document.createElement("p");
+      note.setAttribute("data-stale", "");
+      note.setAttribute("role", "status");
+      note.className = "stale-note";
+      region.insertBefore(note, region.firstChild);
+    }
+    note.textContent = "Not updated since " + clock(lastUpdated) + " — retrying." +
+      (reason ? " " + reason : "");
+    region.classList.add("stale");
+  }
+
+  function reasonIn(text) {
+    if (!text) {
+      return "";
+    }
+    var found = new DOMParser().parseFromString(text, "text/html").querySelector("[data-reason]");
+    return found ? found.textContent.trim() : "";
+  }
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (isLiveRegion(event.detail.elt) && event.detail.successful) {
+      lastUpdated = new Date();
+    }
+  });
+  document.addEventListener("htmx:responseError", function (event) {
+    if (isLiveRegion(event.detail.elt)) {
+      markStale(event.detail.elt, reasonIn(event.detail.xhr && event.detail.xhr.responseText));
+    }
+  });
+  document.addEventListener("htmx:sendError", function (event) {
+    if (isLiveRegion(event.detail.elt)) {
+      markStale(event.detail.elt, "");
+    }
+  });
+
   // A changed period reloads the page without pressing "Show".
   document.addEventListener("change", function (event) {
     var select = event.target;

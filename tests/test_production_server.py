@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import runpy
 import socket
 import subprocess
@@ -15,13 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.apikeys import create_api_key
 from portal.models import UsageEvent
-from tests.factories import make_user
+from tests.factories import make_org, make_user
+from tests.views.conftest import PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
@@ -211,3 +213,55 @@ def test_a_malformed_content_length_gets_400(server: str, content_length: str) -
         b"Content-Length: " + content_length.encode() + b"\r\n\r\n{}",
     )
     assert answer.startswith(b"HTTP/1.1 400")
+
+
+def test_an_export_that_breaks_off_is_a_broken_transfer_not_a_short_file(
+    server: str, session: Session
+) -> None:
+    import requests
+
+    org = make_org(session, plan="team", seats=10)
+    admin = make_user(session, org=org, role="admin", password=PASSWORD)
+    session.commit()
+    # 20,000 members: far more than the sockets between server and client hold.
+    session.execute(
+        text(
+            "WITH made AS (INSERT INTO users (email, display_name, created_at) "
+            "SELECT 'member' || n || '@example.com', 'Member ' || n, now() "
+            "FROM generate_series(1, 20000) AS n RETURNING id) "
+            "INSERT INTO memberships (user_id, organization_id, role, created_at) "
+            "SELECT id, :org, 'member', now() FROM made"
+        ),
+        {"org": org.id},
+    )
+    session.commit()
+    # Production's session cookie is Secure: a client over plain HTTP sends it back by hand.
+    base = f"http://{server}"
+    form = requests.get(f"{base}/login")
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text)
+    assert token is not None
+    signed_in = requests.post(
+        f"{base}/login",
+        data={"csrf_token": token.group(1), "email": admin.email, "password": PASSWORD},
+        headers={"Cookie": f"session={form.cookies['session']}"},
+        allow_redirects=False,
+    )
+    assert signed_in.status_code == 302
+    cookie = {"Cookie": f"session={signed_in.cookies['session']}"}
+
+    export = requests.get(f"{base}/orgs/{org.slug}/usage.csv", headers=cookie, stream=True)
+    assert export.status_code == 200 and "Content-Length" not in export.headers
+    chunks = export.iter_content(16384)
+    received = next(chunks)
+    # The database goes away while the file streams.
+    session.execute(
+        text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    )
+    session.rollback()
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        for chunk in chunks:
+            received += chunk
+    assert received.count(b"\n") < 20_002  # the header, the admin and 20,000 members

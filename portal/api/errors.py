@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from portal.extensions import db
 from portal.maintenance import UnderMaintenance
+from portal.outages import DATABASE_ERRORS, DatabaseUnavailable, roll_back
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def user_not_found() -> ApiError:
     return ApiError(404, "user_not_found", "No user has this email address.")
 
 
-def rate_limited(wait: int) -> ApiError:
-    return ApiError(429, "rate_limited", RATE_LIMITED, headers={"Retry-After": str(wait)})
+def rate_limited(wait: int, message: str = RATE_LIMITED) -> ApiError:
+    return ApiError(429, "rate_limited", message, headers={"Retry-After": str(wait)})
 
 
 def from_http_exception(error: HTTPException) -> ApiError:
@@ -79,6 +80,8 @@ def from_http_exception(error: HTTPException) -> ApiError:
     status = error.code or 500
     if isinstance(error, UnderMaintenance):
         code, message = "maintenance", error.description
+    elif isinstance(error, DatabaseUnavailable):
+        code, message = "database_unavailable", error.description
     else:
         code = HTTP_CODES.get(status, "http_error")
         message = RATE_LIMITED if status == 429 else (error.description or error.name)
@@ -98,17 +101,25 @@ def error_response(error: ApiError) -> Response:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _refused(error: ApiError) -> Response:
-        db.session.rollback()  # whatever the refused request began
+        roll_back(db.session())  # whatever the refused request began
         return error_response(error)
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:
-        db.session.rollback()
+        roll_back(db.session())
         return error_response(from_http_exception(error))
+
+    def _database_unavailable(error: Exception) -> Response:
+        roll_back(db.session())
+        log.error("database unavailable answering %s %s: %s", request.method, request.path, error)
+        return error_response(from_http_exception(DatabaseUnavailable()))
+
+    for database_error in DATABASE_ERRORS:
+        app.register_error_handler(database_error, _database_unavailable)
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        db.session.rollback()
+        roll_back(db.session())
         log.exception("unexpected error answering %s %s", request.method, request.path)
         return error_response(
             ApiError(500, "internal_error", "The server failed; retry the request.")

@@ -10,6 +10,8 @@ from werkzeug.exceptions import HTTPException
 
 from portal.extensions import db
 from portal.maintenance import UnderMaintenance
+from portal.outages import DATABASE_ERRORS, DatabaseUnavailable, roll_back
+from portal.views.security import without_reading_the_user
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,17 @@ MESSAGES = {
 }
 
 
-def _html_error(status: int, message: str, error: HTTPException | None = None) -> Response:
-    context = {"status": status, "message": message, "poll_seconds": 0}
+def _html_error(
+    status: int, message: str, error: HTTPException | None = None, *, offline: bool = False
+) -> Response:
+    """The error as a page in the site's layout, or a fragment for HTMX.
+
+    ``offline``: the database is what failed, so the page is drawn without
+    the signed-in user (whom reading would fail again).
+    """
+    context = {"status": status, "message": message, "poll_seconds": 0, "offline": offline}
+    if offline:
+        without_reading_the_user()
     if request.headers.get("HX-Request"):
         template = "partials/_error.html"
         if request.endpoint == "usage.current":
@@ -47,19 +58,28 @@ def _html_error(status: int, message: str, error: HTTPException | None = None) -
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def _csrf(error: CSRFError) -> Response:
-        db.session.rollback()
+        roll_back(db.session())
         return _html_error(400, "The form expired or came from another site. Reload and retry.")
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:
-        db.session.rollback()
+        roll_back(db.session())
         status = error.code or 500
         if isinstance(error, UnderMaintenance):
-            return _html_error(status, str(error.description), error)
+            return _html_error(status, str(error.description), error, offline=True)
         return _html_error(status, MESSAGES.get(status, error.description or error.name), error)
+
+    def _database_unavailable(error: Exception) -> Response:
+        roll_back(db.session())
+        log.error("database unavailable answering %s %s: %s", request.method, request.path, error)
+        unavailable = DatabaseUnavailable()
+        return _html_error(503, str(unavailable.description), unavailable, offline=True)
+
+    for database_error in DATABASE_ERRORS:
+        app.register_error_handler(database_error, _database_unavailable)
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        db.session.rollback()
+        roll_back(db.session())
         log.exception("unexpected error answering %s %s", request.method, request.path)
         return _html_error(500, MESSAGES[500])

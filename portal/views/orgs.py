@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Iterator
 from datetime import date
 
@@ -23,8 +24,19 @@ from portal.usage.organizations import (
 )
 from portal.views.charts import history_chart
 
+log = logging.getLogger(__name__)
 blueprint = Blueprint("orgs", __name__, url_prefix="/orgs")
 PICKER_PERIODS = 12
+CSV_HEADER = [
+    "name",
+    "email",
+    "role",
+    "used",
+    "share_of_pool_percent",
+    "warning_level",
+    "last_activity_utc",
+    "account_status",
+]
 
 
 def _organization(slug: str) -> Organization:
@@ -125,34 +137,34 @@ def usage_csv(slug: str) -> Response:
     def generate() -> Iterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        header = [
-            "name",
-            "email",
-            "role",
-            "used",
-            "share_of_pool_percent",
-            "warning_level",
-            "last_activity_utc",
-            "account_status",
-        ]
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow(
-                [
-                    _cell(row.display_name),
-                    _cell(row.email),
-                    row.role,
-                    row.used,
-                    f"{row.share_percent}",
-                    str(row.warning_level),
-                    row.last_used_at.isoformat() if row.last_used_at else "",
-                    "disabled" if row.disabled else "active",
-                ]
-            )
-            if buffer.tell() > 16_384:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
+        writer.writerow(CSV_HEADER)
+        written = 0
+        try:
+            for row in rows:
+                writer.writerow(
+                    [
+                        _cell(row.display_name),
+                        _cell(row.email),
+                        row.role,
+                        row.used,
+                        f"{row.share_percent}",
+                        str(row.warning_level),
+                        row.last_used_at.isoformat() if row.last_used_at else "",
+                        "disabled" if row.disabled else "active",
+                    ]
+                )
+                written += 1
+                if buffer.tell() > 16_384:
+                    yield buffer.getvalue()
+                    buffer.seek(0)
+                    buffer.truncate()
+        except Exception:
+            # The status line went out long ago: the only way left to say "this
+            # file is incomplete" is to break the transfer (no final chunk), which
+            # re-raising does. Ending quietly would hand the client a short file
+            # that looks whole.
+            log.exception("CSV export of %s broke off after %d rows", org.slug, written)
+            raise
         yield buffer.getvalue()
 
     filename = f"{org.slug}-usage-{period.start:%Y-%m-%d}-to-{period.end:%Y-%m-%d}.csv"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from flask import Flask, Response, current_app, redirect, request, url_for
+from flask import Flask, Response, current_app, g, redirect, request, url_for
 from flask_login import AnonymousUserMixin, UserMixin
 
 from portal import clock
@@ -49,6 +49,17 @@ def load_user(token: str) -> SignedInUser | None:
     if signed_in is None:
         return None
     return SignedInUser(signed_in.user_id, signed_in.email, signed_in.token)
+
+
+def without_reading_the_user() -> None:
+    """Answer this request as if signed out, without asking the database who is signed in.
+
+    For pages drawn while the database is down or in maintenance: Flask-Login
+    reads the user for every template it renders. This sets the anonymous
+    user where Flask-Login keeps the request's user (``g._login_user``); the
+    session cookie is left as it is, so nobody is signed out.
+    """
+    g._login_user = login_manager.anonymous_user()
 
 
 def unauthorized() -> Response:
