@@ -103,8 +103,12 @@ def create_user_command(
         db.session.rollback()
         raise click.UsageError(str(error)) from error
     db.session.commit()
-    joined = f", {role or 'member'} of {org_slug}" if org_slug else ""
-    click.echo(f"Created user {user.email} ({plan_id}{joined}).")
+    if org_slug is not None and plan_id == "free":
+        # Their usage draws on the organization's pool, under its plan.
+        click.echo(f"Created user {user.email} ({role or 'member'} of {org_slug}).")
+    else:
+        joined = f", {role or 'member'} of {org_slug}" if org_slug else ""
+        click.echo(f"Created user {user.email} ({plan_id}{joined}).")
 
 
 @click.command("disable-user")

@@ -1,9 +1,12 @@
 """Maintenance mode (``PORTAL_MAINTENANCE=1``): every URL answers 503, and nothing is recorded.
 
-The check runs before any view of either app (pages and API), so no request
-reaches the database meanwhile. Static files stay served: the branded
-maintenance page needs its stylesheet. Each app answers in its own format
-(a page, a fragment that keeps polling, or the API's JSON error).
+The check runs before any view of either app (pages and API), and the
+answer is drawn without reading the signed-in user, so no request reaches
+the database meanwhile. Each app answers in its own format (a page, a
+fragment that keeps polling, or the API's JSON error). Two URLs stay as
+they are: static files, which the branded page needs, and ``/healthz``,
+which says the server is alive: a load balancer that took every server out
+of rotation would show its own error page instead of the portal's.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from flask import Flask, current_app, request
 from werkzeug.exceptions import ServiceUnavailable
 
 RETRY_AFTER_SECONDS = 120
+RUNNING = ("static", "health.healthz")
+"""Endpoints answered as usual in maintenance (see the module's docstring)."""
 
 
 class UnderMaintenance(ServiceUnavailable):
@@ -22,7 +27,7 @@ class UnderMaintenance(ServiceUnavailable):
 
 
 def refuse_during_maintenance() -> None:
-    if current_app.config.get("PORTAL_MAINTENANCE") and request.endpoint != "static":
+    if current_app.config.get("PORTAL_MAINTENANCE") and request.endpoint not in RUNNING:
         raise UnderMaintenance()
 
 

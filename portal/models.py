@@ -1,7 +1,7 @@
 """Database tables, as typed SQLAlchemy 2 models.
 
 Table and column names are read by other tools and reports; change them only
-with a migration and a note in the README.
+with a migration and a note in docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ from portal.ratelimit import API_AUTH_FAILURES_PER_ADDRESS, Limit, RateLimits
 # spaces or tabs around the token.
 BEARER = re.compile(r"^[ \t]*bearer[ \t]+(\S+)[ \t]*$", re.IGNORECASE)
 AUTH_FAILURES = Limit.parse("api-auth-failures", API_AUTH_FAILURES_PER_ADDRESS)
+TOO_MANY_FAILURES = (
+    "Too many requests with a missing or invalid API key from this address; "
+    "retry after the time in Retry-After."
+)
 
 
 def bearer_key(authorization: str) -> str | None:
@@ -49,7 +53,7 @@ def admit(
     """The request's live key, or the refusal it gets: 429 with ``Retry-After``, or 401."""
     wait = rate_limits.exceeded(AUTH_FAILURES, address)
     if wait is not None:
-        raise rate_limited(wait)
+        raise rate_limited(wait, TOO_MANY_FAILURES)
     key = bearer_key(authorization)
     if key is not None:
         wait = rate_limits.hit(per_key, hashlib.sha256(key.encode()).hexdigest())

@@ -308,7 +308,7 @@ def status_lines(status: ReportingStatus) -> list[str]:
         lines.append(
             f"Unbilled: {status.unbilled_no_customer} paid usage events of the last 35 days were "
             "skipped because their subscription has no Stripe customer "
-            "(README: Recovering failed batches)."
+            "(docs/operations.md: Recovering failed batches)."
         )
     lines.append("Last successful run: " + _run_text(status.last_successful_run, now))
     last = status.last_run

@@ -1,7 +1,7 @@
 """Recovery: failed batches sent again or settled by hand, unbilled usage put back in the backlog.
 
 ``flask report-usage --retry-failed``, ``--mark-sent`` and ``--requeue-unbilled``,
-for a person who checked Stripe or set a missing Stripe customer (the README,
+for a person who checked Stripe or set a missing Stripe customer (docs/operations.md,
 "Recovering failed batches").
 """
 

@@ -25,7 +25,7 @@ Why nothing is lost or billed twice, through crashes, timeouts and overlapping r
 
 Stripe promises to remember identifiers for at least 24 hours only, so a
 batch that stays pending for ``DEDUPE_SAFE_AGE`` is not resent blindly: it is
-marked failed for a person to check (see the README, "Recovering failed batches").
+marked failed for a person to check (see docs/operations.md, "Recovering failed batches").
 
 Reporting never writes a usage event: in that wide table with large indexes,
 marking each reported event (as earlier versions did) rewrote the row and an

@@ -225,7 +225,7 @@ class Senders:
                 f"to remember identifiers (24 h); if an earlier attempt reached Stripe, sending "
                 f"it again would bill it twice. Look for identifier {batch.identifier} among the "
                 "customer's meter events at Stripe before recovering it "
-                "(README: Recovering failed batches)",
+                "(docs/operations.md: Recovering failed batches)",
                 now,
             )
             session.commit()

@@ -45,15 +45,17 @@ def test_the_setting_is_read_from_the_environment(tmp_path: object) -> None:
 
 def test_pages_get_a_branded_503_with_retry_after(maintained: Flask) -> None:
     client = maintained.test_client()
-    for path in ("/login", "/usage", "/usage/history", "/orgs/acme/usage", "/healthz", "/nope"):
+    for path in ("/login", "/usage", "/usage/history", "/orgs/acme/usage", "/nope"):
         page = client.get(path)
         assert page.status_code == 503, path
         assert int(page.headers["Retry-After"]) > 0
         assert page.headers["Content-Security-Policy"]
     html = client.get("/usage").get_data(as_text=True)
     assert "down for maintenance" in html and "AI suggestions</strong>" in html  # the site's layout
-    # What the branded page needs still loads.
+    # What the branded page needs still loads, and load balancers still see a
+    # live server, so they go on sending users to the branded page.
     assert client.get("/static/app.css").status_code == 200
+    assert client.get("/healthz").status_code == 200
 
 
 def test_a_poll_gets_a_fragment_that_keeps_polling(maintained: Flask) -> None:
@@ -93,7 +95,9 @@ def test_a_signed_in_user_sees_the_portal_again_after_maintenance(
     session.commit()
     client = signed_in(user.email)
     app.config["PORTAL_MAINTENANCE"] = True
-    assert client.get("/usage").status_code == 503
+    during = client.get("/usage")
+    assert during.status_code == 503
+    assert "Signed in as" not in during.get_data(as_text=True)  # the user is not read
     app.config["PORTAL_MAINTENANCE"] = False
     assert client.get("/usage").status_code == 200
     assert sign_in(app.test_client(), user.email).status_code == 302
