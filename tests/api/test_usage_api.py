@@ -502,3 +502,39 @@ def test_json_that_postgresql_or_python_would_choke_on_is_a_400(
     assert response.status_code == 400
     assert response.json["error"]["code"] == "invalid_json"
     assert recorded(session) == (0, 0)
+
+
+def test_the_rate_limit_counts_per_key_however_the_header_spells_it(database_url: str) -> None:
+    from portal import create_app
+    from portal.extensions import db
+
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": database_url, "TESTING": True, "API_RATE_LIMIT": "5 per hour"}
+    )
+    with app.app_context():
+        _, key = create_api_key(db.session(), "limited", now())
+        db.session.commit()
+        try:
+            client = app.test_client()
+            spellings = [
+                f"Bearer {key}",
+                f"bearer {key}",
+                f"BEARER {key}",
+                f"Bearer  {key}",
+                f"Bearer\t{key}",
+                f"  Bearer {key}  ",
+            ]
+            statuses = [
+                client.get(
+                    "/api/v1/users/a@b.example/usage", headers={"Authorization": spelling}
+                ).status_code
+                for spelling in spellings
+            ]
+            # RFC 6750: the scheme in any case, spaces or tabs around the key.
+            assert statuses == [404] * 5 + [429]
+        finally:
+            db.session.remove()
+            from tests.conftest import _empty_tables
+
+            _empty_tables()
+            db.engine.dispose()

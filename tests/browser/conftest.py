@@ -65,6 +65,7 @@ def page(browser: object) -> Iterator[object]:
         "console",
         lambda message: errors.append(message.text) if message.type == "error" else None,
     )
+    page.console_errors = errors  # a test that makes polls fail on purpose filters its own
     yield page
     context.close()
     # A CSP violation or a script error shows up here.

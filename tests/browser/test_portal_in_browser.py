@@ -5,6 +5,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 from playwright.sync_api import expect
 from sqlalchemy.orm import Session
@@ -13,6 +14,7 @@ from portal import clock
 from portal.demo import DEMO_PASSWORD, seed_demo
 from portal.usage import record_usage
 from tests.factories import make_org, make_user
+from tests.outage import database_down
 from tests.views.conftest import PASSWORD
 
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -121,3 +123,36 @@ def test_screenshots_of_the_demo(
     page.goto(live_server + "/usage")
     page.screenshot(path=str(screenshots / "dashboard-phone.png"), full_page=True)
     assert all((screenshots / name).stat().st_size > 10_000 for name in shots)
+
+
+def test_a_failing_poll_keeps_the_figures_says_so_and_recovers(
+    app: Flask, session: Session, live_server: str, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.config["POLL_SECONDS"] = 1
+    user = make_user(session, plan="starter", password=PASSWORD)
+    session.commit()
+    record_usage(session, user.id, idempotency_key="before", now=clock.now(), quantity=7)
+    session.commit()
+    sign_in(page, live_server, user.email)
+    used = page.get_by_test_id("used")
+    expect(used).to_have_text("7")
+    stale = page.locator("#current-usage [data-stale]")
+
+    app.config["PORTAL_MAINTENANCE"] = True
+    expect(stale).to_contain_text("Not updated since", timeout=5_000)
+    expect(stale).to_contain_text("down for maintenance")
+    expect(used).to_have_text("7")  # the last figures stay, marked stale
+    app.config["PORTAL_MAINTENANCE"] = False
+    expect(stale).to_have_count(0, timeout=5_000)
+
+    with database_down(app, monkeypatch):
+        expect(stale).to_contain_text("cannot reach its database", timeout=5_000)
+        expect(used).to_have_text("7")
+    record_usage(session, user.id, idempotency_key="after", now=clock.now(), quantity=2)
+    session.commit()
+    expect(used).to_have_text("9", timeout=5_000)
+    expect(stale).to_have_count(0)
+    # The failed polls were logged by the browser; nothing else was.
+    unexpected = [e for e in page.console_errors if "503" not in e and "htmx:" not in e]
+    assert unexpected == []
+    page.console_errors.clear()

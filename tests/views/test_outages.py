@@ -4,10 +4,8 @@ portal recovers by itself."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
-import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -15,32 +13,11 @@ from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.apikeys import create_api_key
-from portal.extensions import db
 from tests.factories import make_user
+from tests.outage import database_down
 from tests.views.conftest import PASSWORD
 
 SignIn = Callable[[str], FlaskClient]
-
-
-@contextmanager
-def database_down(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every new connection of both apps is refused, as by a stopped server."""
-
-    def refused() -> object:
-        raise psycopg.OperationalError("connection refused (the database is down)")
-
-    engines = []
-    for each in (app, app.extensions["usage_api"]):
-        with each.app_context():
-            db.session.remove()
-            engines.append(db.engine)
-    with monkeypatch.context() as patch:
-        for engine in engines:
-            engine.dispose()
-            patch.setattr(engine.pool, "_creator", refused)
-        yield
-    for engine in engines:
-        engine.dispose()  # the next request connects afresh, as after a restart
 
 
 def test_pages_polls_and_the_api_say_the_database_is_down_then_recover(
