@@ -11,11 +11,15 @@ the portal recovers by itself once the database is back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from flask import Flask, Response, request
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import ServiceUnavailable
+
+from portal.extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +41,15 @@ def roll_back(session: Session) -> None:
         session.rollback()
     except DBAPIError:
         log.warning("could not roll back after a failed request", exc_info=True)
+
+
+def answer_outages(app: Flask, answer: Callable[[DatabaseUnavailable], Response]) -> None:
+    """Answer every database outage of ``app``'s requests with ``answer``, after logging it."""
+
+    def unavailable(error: Exception) -> Response:
+        roll_back(db.session())
+        log.error("database unavailable answering %s %s: %s", request.method, request.path, error)
+        return answer(DatabaseUnavailable())
+
+    for database_error in DATABASE_ERRORS:
+        app.register_error_handler(database_error, unavailable)

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from portal.extensions import db
 from portal.maintenance import UnderMaintenance
-from portal.outages import DATABASE_ERRORS, DatabaseUnavailable, roll_back
+from portal.outages import DatabaseUnavailable, answer_outages, roll_back
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +109,7 @@ def register_error_handlers(app: Flask) -> None:
         roll_back(db.session())
         return error_response(from_http_exception(error))
 
-    def _database_unavailable(error: Exception) -> Response:
-        roll_back(db.session())
-        log.error("database unavailable answering %s %s: %s", request.method, request.path, error)
-        return error_response(from_http_exception(DatabaseUnavailable()))
-
-    for database_error in DATABASE_ERRORS:
-        app.register_error_handler(database_error, _database_unavailable)
+    answer_outages(app, lambda unavailable: error_response(from_http_exception(unavailable)))
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from portal.extensions import db
 from portal.maintenance import UnderMaintenance
-from portal.outages import DATABASE_ERRORS, DatabaseUnavailable, roll_back
+from portal.outages import answer_outages, roll_back
 from portal.views.security import without_reading_the_user
 
 log = logging.getLogger(__name__)
@@ -69,14 +69,12 @@ def register_error_handlers(app: Flask) -> None:
             return _html_error(status, str(error.description), error, offline=True)
         return _html_error(status, MESSAGES.get(status, error.description or error.name), error)
 
-    def _database_unavailable(error: Exception) -> Response:
-        roll_back(db.session())
-        log.error("database unavailable answering %s %s: %s", request.method, request.path, error)
-        unavailable = DatabaseUnavailable()
-        return _html_error(503, str(unavailable.description), unavailable, offline=True)
-
-    for database_error in DATABASE_ERRORS:
-        app.register_error_handler(database_error, _database_unavailable)
+    answer_outages(
+        app,
+        lambda unavailable: _html_error(
+            503, str(unavailable.description), unavailable, offline=True
+        ),
+    )
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
