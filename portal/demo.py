@@ -207,7 +207,7 @@ def _backfill(
     now: datetime,
 ) -> int:
     """Record a year of one user's usage, the current period reaching ``current_share``."""
-    effective = resolve_effective_plan(session, user_id)
+    effective = resolve_effective_plan(session, user_id, now)
     plan = get_plan(effective.plan.id)
     allowance = plan.included_per_seat
     current = effective.period_at(now)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -66,7 +67,17 @@ def _now() -> datetime:
 # trial is a real subscription (the original gave trials the free limit) and
 # a past-due one keeps working while Stripe retries the payment.
 LIVE_SUBSCRIPTION_STATUSES = ("active", "trialing", "past_due")
-SUBSCRIPTION_STATUSES = (*LIVE_SUBSCRIPTION_STATUSES, "canceled", "paused")
+SUBSCRIPTION_STATUSES = (
+    *LIVE_SUBSCRIPTION_STATUSES,
+    "canceled",
+    "paused",
+    "unpaid",
+    "incomplete",
+    "incomplete_expired",
+)
+"""Stripe's subscription statuses. Only the live ones grant a plan: ``incomplete`` is not paid
+yet, and ``unpaid`` and ``incomplete_expired`` end the subscription as ``canceled`` does."""
+STRIPE_EVENT_OUTCOMES = ("pending", "applied", "ignored", "unmatched", "failed")
 ROLES = ("admin", "member")
 REPORT_SKIP_REASONS = ("not_billable", "free_plan", "no_customer", "already_reported")
 REPORT_BATCH_STATUSES = ("pending", "sent", "failed")
@@ -77,7 +88,21 @@ def _one_of(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
-class Organization(db.Model):  # type: ignore[name-defined,misc]
+class StripeBillingPeriod:
+    """What Stripe says of a subscription's current period (a mixin of both subjects).
+
+    All null for subscriptions made by hand (``flask create-user``, ``create-org``):
+    their periods follow the billing anchor month by month.
+    """
+
+    current_period_start: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    current_period_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_at_period_end: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """Canceled in Stripe, but live until ``current_period_end``."""
+    trial_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Organization(StripeBillingPeriod, db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "organizations"
     __table_args__ = (
         CheckConstraint(_one_of("plan_id", ORGANIZATION_PLAN_IDS), name="plan_id"),
@@ -90,7 +115,7 @@ class Organization(db.Model):  # type: ignore[name-defined,misc]
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     plan_id: Mapped[str] = mapped_column(String(32))
     seats: Mapped[int] = mapped_column(Integer)
-    subscription_status: Mapped[str] = mapped_column(String(16))
+    subscription_status: Mapped[str] = mapped_column(String(32))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
     billing_anchor: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -142,7 +167,7 @@ class Membership(db.Model):  # type: ignore[name-defined,misc]
     organization: Mapped[Organization] = relationship(back_populates="memberships")
 
 
-class UserSubscription(db.Model):  # type: ignore[name-defined,misc]
+class UserSubscription(StripeBillingPeriod, db.Model):  # type: ignore[name-defined,misc]
     """A user's individual subscription; at most one per user."""
 
     __tablename__ = "user_subscriptions"
@@ -154,7 +179,7 @@ class UserSubscription(db.Model):  # type: ignore[name-defined,misc]
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True)
     plan_id: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(32))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
     billing_anchor: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -178,6 +203,32 @@ class UserSession(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     """Refreshed at most once a minute; the idle timeout counts from it."""
+
+
+class StripeEvent(db.Model):  # type: ignore[name-defined,misc]
+    """A webhook event Stripe delivered, kept so that each is handled once.
+
+    Stripe delivers at least once and in any order; a replay finds its id here
+    and changes nothing. Events about customers the portal does not know stay
+    ``unmatched`` for an operator (``flask stripe-status``).
+    """
+
+    __tablename__ = "stripe_events"
+    __table_args__ = (
+        CheckConstraint(_one_of("outcome", STRIPE_EVENT_OUTCOMES), name="outcome"),
+        Index("ix_stripe_events_received_at", "received_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    """When Stripe created the event."""
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str] = mapped_column(String(16))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
+    message: Mapped[str | None] = mapped_column(Text)
 
 
 def new_event_ids(count: int) -> list[uuid.UUID]:

@@ -5,14 +5,16 @@ Periods are half-open UTC intervals ``[start, end)``: an event at exactly
 billing anchor, the way Stripe does: when the anchor's day does not exist in a
 month the period starts on that month's last day, and the month after returns
 to the anchor day (Jan 31 -> Feb 29 -> Mar 31). Free plans use UTC calendar
-months.
+months. When Stripe names a subscription's current period, that period wins
+whatever its length (a trial of 14 days, say): the monthly periods around it
+stop at its start and begin at its end.
 """
 
 from __future__ import annotations
 
 import calendar
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 # Calendar months are monthly periods anchored at any first-of-month midnight.
@@ -36,13 +38,14 @@ def add_months(anchor: datetime, months: int) -> datetime:
 
 @dataclass(frozen=True, order=True)
 class BillingPeriod:
-    """One billing period ``[start, end)`` of a subscription with ``anchor``."""
+    """One billing period ``[start, end)``; it knows its neighbours."""
 
     start: datetime
     end: datetime
-    anchor: datetime
-    index: int
-    """Months since the anchor: 0 is the period starting at the anchor."""
+    anchor: datetime = field(compare=False)
+    """The billing cycle anchor the monthly periods around this one follow."""
+    current: tuple[datetime, datetime] | None = field(default=None, compare=False)
+    """Stripe's current period of the subscription, when it named one."""
 
     def __contains__(self, moment: datetime) -> bool:
         return self.start <= as_utc(moment) < self.end
@@ -52,14 +55,17 @@ class BillingPeriod:
         return self.end - self.start
 
     def shifted(self, periods: int) -> BillingPeriod:
-        """The period ``periods`` months later (earlier when negative)."""
-        return _period_at(self.anchor, self.index + periods)
+        """The period ``periods`` periods later (earlier when negative)."""
+        period = self
+        for _ in range(abs(periods)):
+            period = period.next() if periods > 0 else period.previous()
+        return period
 
     def previous(self) -> BillingPeriod:
-        return self.shifted(-1)
+        return period_containing(self.start - RESOLUTION, self.anchor, self.current)
 
     def next(self) -> BillingPeriod:
-        return self.shifted(1)
+        return period_containing(self.end, self.anchor, self.current)
 
     def days_remaining(self, now: datetime) -> int:
         """Whole or part days left until the period resets, never negative."""
@@ -72,26 +78,31 @@ class BillingPeriod:
         return min(1.0, max(0.0, elapsed))
 
 
-def _period_at(anchor: datetime, index: int) -> BillingPeriod:
-    return BillingPeriod(
-        start=add_months(anchor, index),
-        end=add_months(anchor, index + 1),
-        anchor=anchor,
-        index=index,
-    )
+RESOLUTION = timedelta(microseconds=1)
+"""The smallest step between two moments: a period ends a step before the next starts."""
 
 
 @functools.lru_cache(maxsize=8192)
-def period_containing(moment: datetime, anchor: datetime | None = None) -> BillingPeriod:
+def period_containing(
+    moment: datetime,
+    anchor: datetime | None = None,
+    current: tuple[datetime, datetime] | None = None,
+) -> BillingPeriod:
     """The billing period that contains ``moment``.
 
     ``anchor`` is the subscription's billing cycle anchor; ``None`` means UTC
     calendar months (the free plan). Moments before the anchor fall in the
     periods that would have preceded it, so history lines up with the
-    subscription's own cycle.
+    subscription's own cycle. ``current`` is Stripe's current period of the
+    subscription, if known: it is a period of its own, and the monthly
+    periods that would overlap it are cut at its edges.
     """
     anchor = as_utc(anchor) if anchor is not None else CALENDAR_MONTH_ANCHOR
     moment = as_utc(moment)
+    if current is not None:
+        current = (as_utc(current[0]), as_utc(current[1]))
+        if current[0] <= moment < current[1]:
+            return BillingPeriod(current[0], current[1], anchor, current)
     index = (moment.year - anchor.year) * 12 + (moment.month - anchor.month)
     # The estimate is off by at most one either way (the anchor's day and time
     # may lie after the moment's within the month).
@@ -99,4 +110,7 @@ def period_containing(moment: datetime, anchor: datetime | None = None) -> Billi
         index -= 1
     while add_months(anchor, index + 1) <= moment:
         index += 1
-    return _period_at(anchor, index)
+    start, end = add_months(anchor, index), add_months(anchor, index + 1)
+    if current is not None and start < current[1] and end > current[0]:
+        start, end = (start, current[0]) if moment < current[0] else (current[1], end)
+    return BillingPeriod(start, end, anchor, current)

@@ -89,3 +89,24 @@ def test_days_remaining_counts_part_days_and_never_goes_negative() -> None:
     assert period.days_remaining(utc(2026, 3, 31, 12)) == 1
     assert period.days_remaining(utc(2026, 3, 1)) == 31
     assert period.days_remaining(utc(2026, 4, 2)) == 0
+
+
+def test_stripes_current_period_wins_whatever_its_length() -> None:
+    # A 14-day trial: Stripe's current period, then monthly from its end.
+    trial = (utc(2026, 12, 4, 10), utc(2026, 12, 18, 10))
+    anchor = trial[1]
+    period = period_containing(utc(2026, 12, 10), anchor, trial)
+    assert (period.start, period.end) == trial
+    assert (period.next().start, period.next().end) == (trial[1], utc(2027, 1, 18, 10))
+    before = period.previous()
+    assert (before.start, before.end) == (utc(2026, 11, 18, 10), trial[0])  # cut at its start
+    assert before.next() == period and period.shifted(-2).end == before.start
+
+
+def test_a_period_restarted_mid_cycle_starts_its_own_months() -> None:
+    # An upgrade with billing_cycle_anchor=now: the new period starts at once.
+    upgraded = utc(2026, 3, 20, 15, 30)
+    current = (upgraded, add_months(upgraded, 1))
+    assert period_containing(upgraded, upgraded, current).start == upgraded
+    assert period_containing(utc(2026, 3, 20, 15, 29), upgraded, current).end == upgraded
+    assert period_containing(utc(2026, 5, 1), upgraded, current).start == utc(2026, 4, 20, 15, 30)

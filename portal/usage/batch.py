@@ -87,7 +87,7 @@ def record_usage_batch(
     if len(items) > MAX_BATCH_SIZE:
         raise ValueError(f"a batch holds at most {MAX_BATCH_SIZE} events, got {len(items)}")
     results: list[BatchItemResult | None] = [None] * len(items)
-    plans = resolve_effective_plans(session, (item.user_email for item in items))
+    plans = resolve_effective_plans(session, (item.user_email for item in items), now)
     first_with_key: dict[str, int] = {}
     pending: list[_Pending] = []
     event_ids = new_event_ids(len(items))

@@ -42,7 +42,7 @@ def get_usage_history(
     """
     if periods < 1:
         raise ValueError(f"periods must be at least 1, got {periods}")
-    effective = resolve_effective_plan(session, user)
+    effective = resolve_effective_plan(session, user, now)
     current = effective.period_at(now)
     window = [current.shifted(-offset) for offset in range(periods)]
     subject = effective.subject

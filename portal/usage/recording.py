@@ -98,7 +98,7 @@ def record_request(
     """``record_usage`` for a request already validated; commits."""
     # Changes the caller left pending belong to the transaction this commits.
     session.flush()
-    effective = resolve_effective_plan(session, user)
+    effective = resolve_effective_plan(session, user, now)
     if effective.disabled:
         raise UserDisabled(f"user {effective.email} is disabled; nothing was recorded")
     outcome = record_for(session, effective, request, now)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     literal_column,
+    or_,
     select,
     true,
     union_all,
@@ -27,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from portal.database import lone_statement
-from portal.models import MemberUsage, Organization, UsageRecord, User, UTCDateTime
+from portal.models import MemberUsage, UsageRecord, UTCDateTime
 from portal.periods import BillingPeriod, as_utc
 from portal.plans import UsageFigures
 from portal.usage.subjects import (
@@ -149,61 +150,54 @@ def build_status(
     )
 
 
-# No billing period is longer than this (31 days at most), so the current
-# period's start always lies within it before ``now``.
+# A monthly period is at most 31 days long, so the current one started within
+# this window before ``now``; a period Stripe named (a long trial) may have
+# started earlier, and the query looks back to its start too.
 LONGEST_PERIOD = timedelta(days=32)
 
 
-@dataclass(frozen=True)
-class _StatusQuery:
-    statement: Select[Any]
-    plan_columns: int
-    """The leading columns of each row: the resolution query's row (see ``subjects``)."""
-
-
 @functools.cache
-def _status_query(lookup: str) -> _StatusQuery:
+def _status_query(lookup: str) -> Select[Any]:
     """The effective plan and every running total it may need, as one statement.
 
     The resolution query of ``subjects`` (the one rule of who pays) runs as a
-    CTE; joined to it are the running totals that start in the last
-    ``LONGEST_PERIOD``: the user's own, the pool of the organization the
-    resolution chose, and the user's part of that pool. Which of them counts,
-    and which period is current, is decided in Python by the same
-    ``EffectivePlan`` and period rule as everywhere else.
+    CTE; joined to it are the running totals that may be current: the
+    user's own, the pool of the organization the resolution chose, and the
+    user's part of that pool. Which of them counts, and which period is
+    current, is decided in Python by the same ``EffectivePlan`` and period
+    rule as everywhere else.
     """
-    plan_query = effective_plan_query(lookup)
-    resolution = plan_query.cte("resolution")
-    columns = list(plan_query.selected_columns)
-    user_id = select(resolution.c[columns.index(User.__table__.c.id)]).scalar_subquery()
-    pool_id = select(resolution.c[columns.index(Organization.__table__.c.id)]).scalar_subquery()
+    resolution = effective_plan_query(lookup).cte("resolution")
+    user_id = select(resolution.c.user_id).scalar_subquery()
+    pool_id = select(resolution.c.org_id).scalar_subquery()
     records = UsageRecord.__table__
     members = MemberUsage.__table__
     since = bindparam("since", type_=UTCDateTime())
     until = bindparam("until", type_=UTCDateTime())
 
-    def recent(period_start: ColumnElement[Any]) -> ColumnElement[bool]:
-        return and_(period_start > since, period_start <= until)
+    def recent(period_start: ColumnElement[Any], stripe_start: Any) -> ColumnElement[bool]:
+        named = period_start >= select(stripe_start).scalar_subquery()
+        return and_(or_(period_start > since, named), period_start <= until)
 
+    own, pooled = resolution.c.sub_period_start, resolution.c.org_period_start
     usage = union_all(
         select(
             literal_column("'user'").label("kind"), records.c.period_start, records.c.used
-        ).where(records.c.user_id == user_id, recent(records.c.period_start)),
+        ).where(records.c.user_id == user_id, recent(records.c.period_start, own)),
         select(literal_column("'pool'"), records.c.period_start, records.c.used).where(
-            records.c.organization_id == pool_id, recent(records.c.period_start)
+            records.c.organization_id == pool_id, recent(records.c.period_start, pooled)
         ),
         select(literal_column("'member'"), members.c.period_start, members.c.used).where(
             members.c.organization_id == pool_id,
             members.c.user_id == user_id,
-            recent(members.c.period_start),
+            recent(members.c.period_start, pooled),
         ),
     ).subquery("usage")
-    statement = (
+    return (
         select(*resolution.c, usage.c.kind, usage.c.period_start, usage.c.used)
         .select_from(resolution)
         .outerjoin(usage, true())
     )
-    return _StatusQuery(statement, len(columns))
 
 
 def check_usage(session: Session, user: int | str, now: datetime) -> UsageStatus:
@@ -213,18 +207,18 @@ def check_usage(session: Session, user: int | str, now: datetime) -> UsageStatus
     Raises ``UnknownUser`` when there is no such user.
     """
     now = as_utc(now)
-    query = _status_query(lookup_key(user)[0])
-    parameters = {"user_key": lookup_key(user)[1], "since": now - LONGEST_PERIOD, "until": now}
+    lookup, key = lookup_key(user)
+    parameters = {"user_key": key, "now": now, "since": now - LONGEST_PERIOD, "until": now}
     with lone_statement(session) as connection:
-        rows = connection.execute(query.statement, parameters).all()
+        rows = connection.execute(_status_query(lookup), parameters).all()
     if not rows:
         raise UnknownUser(f"no user {user!r}")
-    effective = effective_plan_from_row(rows[0][: query.plan_columns])
+    effective = effective_plan_from_row(rows[0])
     period = effective.period_at(now)
     used = {
-        kind: amount
-        for kind, period_start, amount in (row[query.plan_columns :] for row in rows)
-        if kind is not None and period_start == period.start
+        row.kind: row.used
+        for row in rows
+        if row.kind is not None and row.period_start == period.start
     }
     if effective.subject.kind is SubjectKind.ORGANIZATION:
         return build_status(effective, period, used.get("pool", 0), used.get("member", 0), now)

@@ -13,7 +13,7 @@ from tests.factories import T0, make_org, make_user
 
 def backfill(session: Session, user_id: int, when_and_quantity: list[tuple[int, int]]) -> None:
     """Record usage ``days`` after T0, as if it had been recorded at the time."""
-    effective = resolve_effective_plan(session, user_id)
+    effective = resolve_effective_plan(session, user_id, T0)
     for n, (days, quantity) in enumerate(when_and_quantity):
         moment = T0 + timedelta(days=days)
         request = UsageRequest(f"{user_id}-{n}", "suggestion", quantity, moment, None)
