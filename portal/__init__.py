@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from portal.ratelimit import RateLimits
 
 __all__ = ["ConfigError", "create_app"]
 
+log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 API_PREFIX = "/api"
 
@@ -44,6 +46,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     views.init_app(app)
     cli.init_app(app)
+    _say_what_billing_lacks(app)
 
     # No secret key: the API never opens a cookie session.
     api_settings = {**settings, "SECRET_KEY": None}
@@ -57,6 +60,28 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         hops = settings["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     return app
+
+
+def _say_what_billing_lacks(app: Flask) -> None:
+    """Log, once at start-up, what of Stripe's side the settings leave out, and what follows."""
+    from portal.billing.settings import load_stripe_settings, load_webhook_secret, stripe_environ
+
+    environ = stripe_environ(app.config)
+    if load_webhook_secret(environ) is None:
+        log.warning(
+            "STRIPE_WEBHOOK_SECRET is not set: POST /stripe/webhook answers 404, and plans "
+            "follow Stripe only through flask sync-subscriptions"
+        )
+    try:
+        load_stripe_settings(environ)
+    except ConfigError as error:
+        log.warning("no upgrades or billing portal on the pages: %s", error)
+        return
+    if not app.config.get("PORTAL_BASE_URL"):
+        log.warning(
+            "no upgrades or billing portal on the pages: PORTAL_BASE_URL is not set, and "
+            "Stripe needs it to send customers back"
+        )
 
 
 def base_app(

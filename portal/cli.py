@@ -22,6 +22,7 @@ from portal.accounts import (
 )
 from portal.apikeys import ApiKeyError, create_api_key, list_api_keys, revoke_api_key
 from portal.billing import cli as billing_cli
+from portal.billing import subscription_cli
 from portal.extensions import db
 from portal.models import Organization
 from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
@@ -254,3 +255,4 @@ def init_app(app: Flask) -> None:
     ):
         app.cli.add_command(command)
     billing_cli.init_app(app)
+    subscription_cli.init_app(app)

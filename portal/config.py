@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from limits import parse_many
 
@@ -72,6 +73,17 @@ def load_config(
             f"API_RATE_LIMIT must look like '6000 per minute', got {api_rate_limit!r}"
         ) from None
 
+    base_url = environ.get("PORTAL_BASE_URL", "").strip().rstrip("/")
+    if not base_url and env != "production":
+        base_url = f"http://127.0.0.1:{port}"
+    if base_url:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ConfigError(
+                f"PORTAL_BASE_URL must be the portal's address, like https://usage.example.com, "
+                f"got {base_url!r}"
+            )
+
     maintenance = environ.get("PORTAL_MAINTENANCE", "").strip().lower()
     if maintenance not in ("", "0", "false", "no", "off", *TRUE_WORDS):
         raise ConfigError(f"PORTAL_MAINTENANCE must be 1 or 0, got {maintenance!r}")
@@ -84,6 +96,7 @@ def load_config(
         "TESTING": env == "test",
         "SECRET_KEY": secret_key,
         "PORT": port,
+        "PORTAL_BASE_URL": base_url or None,
         "TRUSTED_PROXIES": proxies,
         "POLL_SECONDS": poll_seconds,
         "SESSION_IDLE_HOURS": idle_hours,

@@ -161,6 +161,26 @@ EVENT_TYPES: dict[str, bool] = {
 DEFAULT_EVENT_TYPE = "suggestion"
 QUOTA_EVENT_TYPES = tuple(name for name, counts in EVENT_TYPES.items() if counts)
 
+# Stripe prices name their plan by lookup key: the licensed price (flat, or per
+# seat) by the plan's id, and the metered price for usage by "<plan>_usage".
+# An operator whose prices carry other keys maps them here, once.
+PRICE_LOOKUP_KEYS: dict[str, str] = {plan.id: plan.id for plan in PLANS.values() if plan.is_paid}
+"""Lookup key of a subscription's licensed price -> the plan it stands for."""
+USAGE_PRICE_SUFFIX = "_usage"
+
+
+def plan_for_price(lookup_key: str | None) -> Plan | None:
+    """The plan a licensed price stands for, by its lookup key; ``None`` for another price."""
+    plan_id = PRICE_LOOKUP_KEYS.get(lookup_key or "")
+    return PLANS[plan_id] if plan_id is not None else None
+
+
+def price_lookup_keys(plan: Plan) -> tuple[str, str]:
+    """The lookup keys of a paid plan's licensed price and its metered usage price."""
+    licensed = next(key for key, plan_id in PRICE_LOOKUP_KEYS.items() if plan_id == plan.id)
+    return licensed, plan.id + USAGE_PRICE_SUFFIX
+
+
 # What a customer who hits a plan's cap is offered instead.
 UPGRADES: dict[str, str] = {"free": "starter", "starter": "pro"}
 
@@ -169,3 +189,12 @@ def upgrade_for(plan: Plan) -> Plan | None:
     """The plan to suggest when ``plan``'s allowance runs out, if any."""
     upgrade = UPGRADES.get(plan.id)
     return PLANS[upgrade] if upgrade else None
+
+
+def upgrades_from(plan: Plan) -> list[Plan]:
+    """The individual paid plans a user on ``plan`` may move up to, cheapest first."""
+    return [
+        other
+        for other in PLANS.values()
+        if other.kind is PlanKind.INDIVIDUAL and other.price_cents > plan.price_cents
+    ]

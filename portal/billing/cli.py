@@ -32,7 +32,12 @@ from portal.billing.reporter import (
     ReportSummary,
     report_usage,
 )
-from portal.billing.settings import StripeSettings, load_meter_event_name, load_stripe_settings
+from portal.billing.settings import (
+    StripeSettings,
+    load_meter_event_name,
+    load_stripe_settings,
+    stripe_environ,
+)
 from portal.billing.status import ReportingStatus, RunInfo, reporting_status
 from portal.config import ConfigError
 from portal.extensions import db
@@ -46,22 +51,12 @@ def _session() -> Session:
     return db.session()
 
 
-def _stripe_environ() -> Mapping[str, str]:
-    """The environment, overridden by ``STRIPE_*`` settings given to ``create_app``."""
-    configured = {
-        name: str(value)
-        for name, value in current_app.config.items()
-        if name.startswith("STRIPE_") and value is not None
-    }
-    return {**os.environ, **configured}
-
-
 def _configured_or_exit(
     ctx: click.Context, load: Callable[[Mapping[str, str]], Setting]
 ) -> Setting:
     """What ``load`` reads from the ``STRIPE_*`` settings; a bad one exits 2, naming it."""
     try:
-        return load(_stripe_environ())
+        return load(stripe_environ(current_app.config))
     except ConfigError as error:
         click.echo(f"configuration error: {error}", err=True)
         ctx.exit(2)

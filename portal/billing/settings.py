@@ -1,12 +1,15 @@
-"""The reporter's Stripe settings, read from the environment and checked before any work.
+"""Stripe settings, read from the environment and checked before any work.
 
-Only ``flask report-usage`` needs them, so a missing key stops that command
-(exit 2, a message naming the variable) and nothing else in the portal. Its
-dry run sends nothing: it reads the meter's event name only.
+A missing key stops only what needs it: ``flask report-usage`` and ``flask
+sync-subscriptions`` exit 2 with a message naming the variable; the pages
+then offer no upgrade or billing portal; without ``STRIPE_WEBHOOK_SECRET``
+the webhook endpoint answers 404. The reporter's dry run sends nothing: it
+reads the meter's event name only.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ MAX_EVENT_NAME_LENGTH = 100
 # Secret (sk_) and restricted (rk_) keys can write meter events; a
 # publishable key (pk_) or a webhook secret (whsec_) cannot.
 API_KEY_PATTERN = re.compile(r"^(sk|rk)_(test|live)_[0-9A-Za-z]{8,}$")
+WEBHOOK_SECRET_PATTERN = re.compile(r"^whsec_[0-9A-Za-z+/=_-]{8,}$")
 EVENT_NAME_PATTERN = re.compile(r"^[!-~]+$")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -43,6 +47,29 @@ class StripeSettings:
             f"StripeSettings(api_key=<{mode} key>, meter_event_name={self.meter_event_name!r}, "
             f"api_base={self.api_base!r})"
         )
+
+
+def stripe_environ(config: Mapping[str, object]) -> dict[str, str]:
+    """The environment, overridden by ``STRIPE_*`` settings an app was created with."""
+    configured = {
+        name: str(value)
+        for name, value in config.items()
+        if name.startswith("STRIPE_") and value is not None
+    }
+    return {**os.environ, **configured}
+
+
+def load_webhook_secret(environ: Mapping[str, str]) -> str | None:
+    """``STRIPE_WEBHOOK_SECRET`` (``whsec_…``), or ``None`` when webhooks are not set up."""
+    secret = environ.get("STRIPE_WEBHOOK_SECRET", "").strip()
+    if not secret:
+        return None
+    if not WEBHOOK_SECRET_PATTERN.match(secret):
+        raise ConfigError(
+            "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_…), "
+            "as Stripe shows it for the webhook endpoint"
+        )
+    return secret
 
 
 def load_meter_event_name(environ: Mapping[str, str]) -> str:

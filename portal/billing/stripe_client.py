@@ -5,11 +5,17 @@ turns every answer into a ``Delivery``. The client is built with
 ``max_network_retries=0`` on purpose: the reporter retries by itself, so it
 can honour ``Retry-After`` (which stripe-python ignores), retry a 429 (which
 stripe-python does not), count every attempt, and stay inside its time budget.
+
+``StripeBilling`` does the rest: verifying webhook signatures with the
+library's own ``construct_event``, reading subscriptions, and starting
+Checkout and Billing Portal sessions. It hands the rest of the portal plain
+dictionaries, so nothing else needs ``stripe``'s types.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 import stripe
@@ -76,6 +82,111 @@ class StripeMeterEventGateway:
             None,
             response.request_id if response else None,
         )
+
+
+class StripeUnavailable(RuntimeError):
+    """Stripe could not be asked (network, timeout, 5xx, a refused key); try again later."""
+
+
+class InvalidSignature(ValueError):
+    """A webhook delivery whose ``Stripe-Signature`` does not verify, or is too old."""
+
+
+WEBHOOK_TOLERANCE_SECONDS = 300
+"""Stripe's own default: a signature older than five minutes is refused (replays)."""
+WEBHOOK_FETCH_TIMEOUT_SECONDS = 3.0
+"""A webhook handler fetches the subscription it is about; Stripe waits for its answer."""
+
+
+def verified_event(
+    payload: bytes, signature: str | None, secret: str, now: datetime
+) -> dict[str, Any]:
+    """The event a webhook delivery carries, once its signature verifies and is fresh.
+
+    The library checks the signature (HMAC-SHA256 of the timestamp and the
+    body, compared in constant time, ``v1`` scheme). Freshness (five minutes,
+    against replays) is checked against the portal's clock, the one every
+    other rule of the portal reads, rather than the library's own reading of
+    the time.
+    """
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance=None)
+        signed_at = _signature_timestamp(signature or "")
+        event = stripe.Webhook.construct_event_without_verification(payload)
+    except (stripe.SignatureVerificationError, ValueError) as error:
+        raise InvalidSignature(str(error)) from None
+    age = now.timestamp() - signed_at
+    if not -WEBHOOK_TOLERANCE_SECONDS <= age <= WEBHOOK_TOLERANCE_SECONDS:
+        raise InvalidSignature(f"the signature is {age:.0f} seconds old: not within five minutes")
+    return dict(event.to_dict())
+
+
+def _signature_timestamp(header: str) -> float:
+    """The ``t=`` of a ``Stripe-Signature`` header (already verified to hold one)."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    return float(fields["t"])
+
+
+class StripeBilling:
+    """Subscriptions, Checkout and the Billing Portal, through ``StripeClient``."""
+
+    def __init__(self, client: stripe.StripeClient) -> None:
+        self._client = client
+
+    @classmethod
+    def from_settings(
+        cls, settings: StripeSettings, *, timeout: float = WEBHOOK_FETCH_TIMEOUT_SECONDS
+    ) -> StripeBilling:
+        return cls(build_stripe_client(settings, timeout=timeout))
+
+    def retrieve_subscription(self, subscription_id: str) -> dict[str, Any] | None:
+        """The subscription as Stripe has it now; ``None`` if Stripe does not know it."""
+        try:
+            found = self._client.v1.subscriptions.retrieve(subscription_id)
+        except stripe.InvalidRequestError as error:
+            if error.http_status == 404:
+                return None
+            raise StripeUnavailable(_message(error)) from None
+        except stripe.StripeError as error:
+            raise StripeUnavailable(_message(error)) from None
+        return dict(found.to_dict())
+
+    def list_subscriptions(self) -> Iterator[dict[str, Any]]:
+        """Every subscription of the account, whatever its status, a page at a time."""
+        try:
+            pages = self._client.v1.subscriptions.list(params={"status": "all", "limit": 100})
+            for subscription in pages.auto_paging_iter():
+                yield dict(subscription.to_dict())
+        except stripe.StripeError as error:
+            raise StripeUnavailable(_message(error)) from None
+
+    def price_ids(self, lookup_keys: list[str]) -> dict[str, str]:
+        """The ids of the active prices with these lookup keys."""
+        try:
+            prices = self._client.v1.prices.list(
+                params={"lookup_keys": lookup_keys, "active": True, "limit": 100}
+            )
+        except stripe.StripeError as error:
+            raise StripeUnavailable(_message(error)) from None
+        return {str(price.lookup_key): str(price.id) for price in prices.data if price.lookup_key}
+
+    def checkout_url(self, params: dict[str, Any]) -> str:
+        """Start a Checkout Session; the page the customer pays on."""
+        try:
+            checkout = self._client.v1.checkout.sessions.create(params=params)  # type: ignore[arg-type]
+        except stripe.StripeError as error:
+            raise StripeUnavailable(_message(error)) from None
+        return str(checkout.url)
+
+    def billing_portal_url(self, customer_id: str, return_url: str) -> str:
+        """Start a Billing Portal session for the customer; the page it opens."""
+        try:
+            portal = self._client.v1.billing_portal.sessions.create(
+                params={"customer": customer_id, "return_url": return_url}
+            )
+        except stripe.StripeError as error:
+            raise StripeUnavailable(_message(error)) from None
+        return str(portal.url)
 
 
 def classify_error(error: stripe.StripeError, identifier: str) -> Delivery:

@@ -30,11 +30,12 @@ from sqlalchemy.orm import Session
 from portal.database import lone_statement
 from portal.models import MemberUsage, UsageRecord, UTCDateTime
 from portal.periods import BillingPeriod, as_utc
-from portal.plans import UsageFigures
+from portal.plans import FREE, Plan, UsageFigures
 from portal.usage.subjects import (
     BillingSubject,
     EffectivePlan,
     SubjectKind,
+    SubscriptionTerms,
     UnknownUser,
     effective_plan_from_row,
     effective_plan_query,
@@ -71,6 +72,25 @@ class UsageStatus(UsageFigures):
     """The user's own part of an organization's pool; ``None`` when billed alone."""
     projected_used: int
     disabled: bool = False
+    terms: SubscriptionTerms | None = None
+    """What Stripe says of the subscription (trial, cancellation); ``None`` on free."""
+    fallback: Plan = FREE
+    """The plan that governs once the subscription ends."""
+
+    @property
+    def trialing(self) -> bool:
+        return self.terms is not None and self.terms.status == "trialing"
+
+    @property
+    def payment_failed(self) -> bool:
+        return self.terms is not None and self.terms.status == "past_due"
+
+    @property
+    def ends_at(self) -> datetime | None:
+        """When a subscription canceled at its period's end stops; ``None`` otherwise."""
+        if self.terms is None or not self.terms.cancel_at_period_end:
+            return None
+        return self.period.end
 
     @property
     def projected_overage_cost_cents(self) -> int:
@@ -147,6 +167,8 @@ def build_status(
         member_used=member_used,
         projected_used=projected,
         disabled=effective.disabled,
+        terms=effective.terms,
+        fallback=effective.fallback,
     )
 
 

@@ -8,7 +8,7 @@ from flask_login import current_user
 from portal import assets
 from portal.access import administered_organizations
 from portal.extensions import csrf, db
-from portal.views import auth, errors, formatting, health, orgs, security, usage
+from portal.views import auth, billing, errors, formatting, health, orgs, security, usage
 
 
 def init_app(app: Flask) -> None:
@@ -16,7 +16,7 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     assets.init_app(app)
     formatting.init_app(app)
-    for module in (health, auth, usage, orgs):
+    for module in (health, auth, usage, orgs, billing):
         app.register_blueprint(module.blueprint)
     errors.register_error_handlers(app)
 
@@ -28,4 +28,4 @@ def init_app(app: Flask) -> None:
                 return []
             return list(administered_organizations(db.session(), current_user.id))
 
-        return {"admin_orgs": admin_orgs}
+        return {"admin_orgs": admin_orgs, "billing_enabled": billing.billing_enabled}

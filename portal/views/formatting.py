@@ -10,7 +10,7 @@ from typing import Any, cast
 from flask import Flask
 from markupsafe import Markup
 
-from portal.plans import WarningLevel, percent_used, upgrade_for
+from portal.plans import WarningLevel, percent_used, upgrade_for, upgrades_from
 
 LEVEL_WORDS = {
     WarningLevel.OK: "OK",
@@ -66,7 +66,7 @@ def _shared_macro(app: Flask, name: str) -> Callable[..., Markup]:
 
 
 def init_app(app: Flask) -> None:
-    for macro in ("usage_bar", "level_badge"):
+    for macro in ("usage_bar", "level_badge", "manage_billing_button"):
         app.add_template_global(_shared_macro(app, macro), macro)
     app.add_template_filter(number)
     app.add_template_filter(euros)
@@ -75,3 +75,4 @@ def init_app(app: Flask) -> None:
     app.add_template_global(level_words)
     app.add_template_global(percent_used, "share_of")
     app.add_template_global(upgrade_for)
+    app.add_template_global(upgrades_from)

@@ -39,7 +39,7 @@ CSV_HEADER = [
 ]
 
 
-def _organization(slug: str) -> Organization:
+def administered(slug: str) -> Organization:
     """The organization if the signed-in user administers it; 403 for members, else 404."""
     try:
         return organization_for_admin(db.session(), current_user.id, slug)
@@ -98,7 +98,7 @@ def _table_state() -> tuple[MemberSort, bool, str, int]:
 @login_required
 def usage(slug: str) -> str:
     """The pool, totals and the member table; the table region alone for HTMX."""
-    org = _organization(slug)
+    org = administered(slug)
     periods = _periods(org)
     period = _chosen_period(periods)
     sort, descending, search, page = _table_state()
@@ -127,7 +127,7 @@ def usage(slug: str) -> str:
 @login_required
 def usage_csv(slug: str) -> Response:
     """Every member's row for the chosen period, streamed as CSV."""
-    org = _organization(slug)
+    org = administered(slug)
     period = _chosen_period(_periods(org))
     sort, descending, search, _ = _table_state()
     rows = iter_org_member_usage(
@@ -184,7 +184,7 @@ def _cell(text: str) -> str:
 @login_required
 def member_history(slug: str, member_id: int) -> str:
     """One member's part of the pool over the last 12 periods (admins only)."""
-    org = _organization(slug)
+    org = administered(slug)
     try:
         member = member_of(db.session(), org, member_id)
     except NotVisible:

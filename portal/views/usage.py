@@ -10,6 +10,7 @@ from werkzeug.http import parse_etags, quote_etag
 
 from portal import clock
 from portal.extensions import db
+from portal.plans import PLANS
 from portal.usage import UnknownUser, UsageStatus, check_usage, get_usage_history
 from portal.views.charts import history_chart
 from portal.views.security import unauthorized
@@ -35,17 +36,27 @@ def status_etag(status: UsageStatus) -> str:
         status.days_remaining,
         status.projected_used,
         status.disabled,
+        status.terms,
+        _upgrading(),
         current_app.config["POLL_SECONDS"],
     )
     return hashlib.sha256(repr(facts).encode()).hexdigest()[:20]
 
 
+def _upgrading() -> str | None:
+    """The plan a checkout just paid for (``?upgrading=pro``), until the webhook applies it."""
+    plan = request.args.get("upgrading", "")
+    return plan if plan in PLANS else None
+
+
 def _region_context(status: UsageStatus) -> dict[str, object]:
     """What the live region's template needs, whether in the page or alone."""
+    upgrading = _upgrading()
     return {
         "status": status,
+        "upgrading": upgrading,
         "poll_seconds": current_app.config["POLL_SECONDS"],
-        "poll_url": url_for("usage.current"),
+        "poll_url": url_for("usage.current", upgrading=upgrading),
     }
 
 

@@ -1,0 +1,92 @@
+"""Reconciling with Stripe: ``flask sync-subscriptions`` repairs what a lost webhook left stale.
+
+It lists every subscription of the Stripe account and applies each exactly
+as a webhook would (``billing.subscriptions``): applying the same state
+twice changes nothing, so the command may run as often as wanted (cron,
+daily). Events still pending (Stripe could not be asked when they came) are
+settled by the same pass.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from portal.billing.subscriptions import (
+    NotUnderstood,
+    Outcome,
+    apply_subscription,
+    read_subscription,
+)
+from portal.models import StripeEvent
+
+
+class SubscriptionLister(Protocol):
+    def list_subscriptions(self) -> Iterator[Mapping[str, Any]]: ...
+
+
+@dataclass
+class SyncSummary:
+    """What one reconciliation found and did."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """Subscriptions per outcome: applied (changed), unchanged, unmatched, failed."""
+    problems: list[str] = field(default_factory=list)
+    """One line per unmatched or failed subscription."""
+    changes: list[str] = field(default_factory=list)
+    """One line per subscription whose subject changed."""
+    pending_settled: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0: everything matched; 1: something is unmatched or failed."""
+        return 1 if self.problems else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "subscriptions": sum(self.outcomes.values()),
+            "outcomes": {str(outcome): self.outcomes[str(outcome)] for outcome in Outcome},
+            "changes": self.changes,
+            "problems": self.problems,
+            "pending_events_settled": self.pending_settled,
+            "exit_code": self.exit_code,
+        }
+
+
+def sync_subscriptions(session: Session, stripe: SubscriptionLister, now: datetime) -> SyncSummary:
+    """Apply every subscription Stripe has; the caller commits.
+
+    ``StripeUnavailable`` from the listing goes to the caller, with nothing
+    applied that the caller does not commit.
+    """
+    summary = SyncSummary()
+    for stripe_object in stripe.list_subscriptions():
+        try:
+            subscription = read_subscription(stripe_object)
+        except NotUnderstood as error:
+            summary.outcomes[Outcome.FAILED] += 1
+            summary.problems.append(f"{stripe_object.get('id')}: {error}")
+            continue
+        applied = apply_subscription(session, subscription)
+        summary.outcomes[applied.outcome] += 1
+        if applied.outcome in (Outcome.UNMATCHED, Outcome.FAILED):
+            summary.problems.append(f"{subscription.id}: {applied.message}")
+        elif applied.changes:
+            changed = ", ".join(
+                f"{name} {before} -> {after}" for name, (before, after) in applied.changes.items()
+            )
+            summary.changes.append(f"{subscription.id} ({applied.subject}): {changed}")
+    settled = session.execute(
+        update(StripeEvent)
+        .where(StripeEvent.outcome == "pending")
+        .values(outcome="applied", processed_at=now, message="settled by sync-subscriptions")
+        .execution_options(synchronize_session=False)
+    )
+    summary.pending_settled = int(settled.rowcount)  # type: ignore[attr-defined]
+    return summary
