@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import stripe
@@ -99,3 +101,102 @@ def test_the_gateway_reads_each_answer(
     )
     standin.api_key = "sk_test_another0000000000"
     assert gateway.send(event("e10")).status is DeliveryStatus.UNAUTHORIZED
+
+
+# -- Billing: the catalogue --------------------------------------------------
+
+T_NOW = int(NOW.timestamp())
+
+
+def refusal(call: Callable[[], Any]) -> stripe.InvalidRequestError:
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        call()
+    assert raised.value.request_id and raised.value.request_id.startswith("req_")
+    return raised.value
+
+
+def test_prices_are_found_by_lookup_key(standin: StripeStandIn) -> None:
+    catalogue = standin.add_portal_catalogue()
+    assert set(catalogue) == {
+        f"{plan}{suffix}"
+        for plan in ("starter", "pro", "team", "business")
+        for suffix in ("", "_usage")
+    }
+    assert [catalogue[p]["unit_amount"] for p in ("starter", "pro", "team", "business")] == [
+        900,
+        1500,
+        1200,
+        1800,
+    ]
+    client = raw_client(standin)
+
+    found = client.v1.prices.list(params={"lookup_keys": ["pro", "pro_usage"], "active": True})
+    assert (found.object, found.has_more, found.url) == ("list", False, "/v1/prices")
+    by_key = {price.lookup_key: price for price in found.data}
+    assert set(by_key) == {"pro", "pro_usage"}
+    pro, usage = by_key["pro"], by_key["pro_usage"]
+    assert (pro.object, pro.active, pro.currency, pro.type, pro.billing_scheme) == (
+        "price",
+        True,
+        "eur",
+        "recurring",
+        "per_unit",
+    )
+    assert pro.recurring.to_dict() == {
+        "interval": "month",
+        "interval_count": 1,
+        "meter": None,
+        "trial_period_days": None,
+        "usage_type": "licensed",
+    }
+    assert pro.id.startswith("price_") and pro.product.startswith("prod_")
+    assert usage.recurring.usage_type == "metered" and usage.recurring.meter.startswith("mtr_")
+    # As at Stripe, a price shows its tiers only when asked to.
+    assert (usage.billing_scheme, usage.unit_amount, "tiers" in usage) == ("tiered", None, False)
+    expanded = client.v1.prices.retrieve(usage.id, params={"expand": ["tiers"]})
+    assert [(t.up_to, t.unit_amount) for t in expanded.tiers] == [(75, 0), (None, 30)]
+    team_usage = catalogue["team_usage"]
+    assert (team_usage["unit_amount"], team_usage["metadata"]) == (25, {"included_per_seat": "50"})
+
+    standin.add_price("legacy", unit_amount=500, active=False)
+    assert [p.lookup_key for p in client.v1.prices.list(params={"active": False}).data] == [
+        "legacy"
+    ]
+    assert len(client.v1.prices.list(params={"limit": 100}).data) == 9
+    missing = refusal(lambda: client.v1.prices.retrieve("price_nope"))
+    assert (missing.http_status, missing.code, missing.param) == (404, "resource_missing", "id")
+
+
+def test_customers_are_created_and_read(standin: StripeStandIn) -> None:
+    client = raw_client(standin)
+    created = client.v1.customers.create(
+        params={"email": "ada@example.com", "name": "Ada", "metadata": {"user_id": "7"}}
+    )
+    assert created.id.startswith("cus_") and created.object == "customer"
+    read = client.v1.customers.retrieve(created.id)
+    assert (read.email, read.name, read.metadata.to_dict(), read.livemode) == (
+        "ada@example.com",
+        "Ada",
+        {"user_id": "7"},
+        False,
+    )
+    assert read.created == T_NOW
+
+    missing = refusal(lambda: client.v1.customers.retrieve("cus_nope"))
+    assert (missing.http_status, missing.code, missing.param) == (404, "resource_missing", "id")
+    assert missing.user_message == "No such customer: 'cus_nope'"
+    # A misspelt parameter is refused, as Stripe refuses it.
+    typo = refusal(lambda: client.v1.customers.create(params={"emial": "x"}))  # type: ignore[arg-type]
+    assert (typo.http_status, typo.code, typo.param) == (400, "parameter_unknown", "emial")
+
+
+def test_billing_endpoints_check_the_key_and_the_url(standin: StripeStandIn) -> None:
+    standin.add_portal_catalogue()
+    settings = load_stripe_settings(
+        {"STRIPE_API_KEY": "sk_test_another0000000000", "STRIPE_API_BASE": standin.url}
+    )
+    with pytest.raises(stripe.AuthenticationError):
+        build_stripe_client(settings, timeout=2).v1.prices.list()
+    unknown = refusal(lambda: raw_client(standin).v1.invoices.retrieve("in_1"))
+    assert unknown.http_status == 404
+    assert unknown.user_message == "Unrecognized request URL (GET: /v1/invoices/in_1)."

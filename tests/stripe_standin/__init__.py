@@ -1,4 +1,4 @@
-"""A local stand-in for Stripe's meter-event endpoint, for tests and benchmarks.
+"""A local stand-in for Stripe's API, for tests and benchmarks.
 
 No offline Stripe server knows Billing Meters, so this one implements what the
 reporter relies on, the way Stripe answers it:
@@ -17,6 +17,12 @@ reporter relies on, the way Stripe answers it:
   the client's timeout after the event was recorded, a connection dropped
   after the event was recorded, and a reply held until the test releases it
   (to kill a reporter while Stripe has accepted its event).
+
+Prices, which tests add in process (``add_price``, ``add_portal_catalogue``)
+and the portal reads with ``GET /v1/prices`` (``lookup_keys[]``), and
+customers (``POST /v1/customers``, ``GET /v1/customers/{id}``), answered the
+same way; a parameter an endpoint does not have gets ``parameter_unknown``,
+using the stripe library's own list of each endpoint's parameters.
 
 The real ``stripe`` library talks to it over HTTP; tests read its state in
 process (``events``, ``totals()``, ``requests``).

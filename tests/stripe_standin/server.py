@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import secrets
 import signal
 import socket
@@ -18,8 +20,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
+from stripe import params as stripe_params
+
 from portal import clock as portal_clock
+from tests.stripe_standin.catalogue import Catalogue
 from tests.stripe_standin.errors import ApiError, error_body
+from tests.stripe_standin.forms import Params, check_known, decode_form
 from tests.stripe_standin.meters import (
     METER_EVENTS_PATH,
     Fault,
@@ -30,6 +36,17 @@ from tests.stripe_standin.meters import (
     meter_event_body,
     validate_meter_event,
 )
+
+# Each Billing endpoint: its method, its path (an id in brackets), the method of
+# ``StripeStandIn`` that answers it, and stripe-python's params type for it,
+# which says which parameters exist.
+ROUTES: list[tuple[str, str, str, type]] = [
+    ("GET", "/v1/prices", "_list_prices", stripe_params.PriceListParams),
+    ("GET", "/v1/prices/{id}", "_get_price", stripe_params.PriceRetrieveParams),
+    ("POST", "/v1/customers", "_create_customer", stripe_params.CustomerCreateParams),
+    ("GET", "/v1/customers/{id}", "_get_customer", stripe_params.CustomerRetrieveParams),
+]
+Handler = Callable[[Params], dict[str, Any]]
 
 
 @dataclass
@@ -42,7 +59,7 @@ class _State:
     max_in_flight: int = 0
 
 
-class StripeStandIn:
+class StripeStandIn(Catalogue):
     """The stand-in server on a loopback port; ``url`` goes to ``STRIPE_API_BASE``."""
 
     def __init__(
@@ -54,6 +71,7 @@ class StripeStandIn:
         processing_delay: float = 0.001,
         port: int = 0,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         """When set, other keys get 401; otherwise any sk_/rk_ key is accepted."""
         # Stripe's own time: by default the portal's clock, which tests set.
@@ -148,6 +166,16 @@ class StripeStandIn:
 
     # -- request handling (called from the handler threads) -------------
 
+    def route(self, method: str, path: str) -> Handler | None:
+        """What answers ``method path`` on Billing, or ``None`` for a URL Stripe does not have."""
+        for route_method, template, name, spec in ROUTES:
+            pattern = re.escape(template).replace(r"\{id\}", "([^/]+)")
+            match = re.fullmatch(pattern, path)
+            if route_method == method and match:
+                handler = getattr(self, name)
+                return functools.partial(_checked, handler, spec, match.groups())
+        return None
+
     def _take_fault(self, customer: str | None) -> Fault | None:
         with self._state.lock:
             for fault in self._state.faults:
@@ -221,21 +249,21 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self._answer(
-            404, error_body(ApiError(404, f"Unrecognized request URL (GET: {self.path})."))
-        )
+        self._billing_request("GET", self.path.partition("?")[2])
+
+    def do_DELETE(self) -> None:  # noqa: N802 - http.server's naming
+        self._billing_request("DELETE", self.path.partition("?")[2])
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8") if length else ""
+        if self.path.split("?")[0] != METER_EVENTS_PATH:
+            self._billing_request("POST", body)
+            return
         form = {name: values[-1] for name, values in parse_qs(body, keep_blank_values=True).items()}
         identifier = form.get("identifier")
         customer = form.get("payload[stripe_customer_id]")
         standin = self.standin
-        if self.path.split("?")[0] != METER_EVENTS_PATH:
-            error = ApiError(404, f"Unrecognized request URL (POST: {self.path}).")
-            self._answer(404, error_body(error))
-            return
         fault: Fault | None = None
         recorded = False
         try:
@@ -280,6 +308,26 @@ class _Handler(BaseHTTPRequestHandler):
         standin._log(ReceivedRequest(identifier, customer, 200, kind, recorded))
         self._answer(200, meter_event_body(event))
 
+    def _billing_request(self, method: str, encoded: str) -> None:
+        """Everything but meter events: Billing objects, which faults leave alone."""
+        standin = self.standin
+        try:
+            handler = standin.route(method, self.path.split("?")[0])
+            if handler is None:
+                raise ApiError(404, f"Unrecognized request URL ({method}: {self.path}).")
+            standin._check_key(self.headers.get("Authorization"))
+            answer = handler(decode_form(encoded))
+        except ApiError as error:
+            self._answer(error.status, error_body(error), error.headers)
+            return
+        except Exception as error:
+            # A bug in the stand-in answers 500 with its cause rather than dropping
+            # the connection, so the test shows the cause, not a network error.
+            failure = ApiError(500, f"The stand-in failed: {error!r}", type_="api_error")
+            self._answer(500, error_body(failure))
+            return
+        self._answer(200, answer)
+
     def _answer(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
@@ -305,6 +353,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _checked(
+    handler: Callable[..., dict[str, Any]], spec: type, ids: tuple[str, ...], params: Params
+) -> dict[str, Any]:
+    check_known(params, spec)
+    return handler(params, *ids)
 
 
 def _kind(fault: Fault | None) -> FaultKind | None:
