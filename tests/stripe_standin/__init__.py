@@ -18,14 +18,33 @@ reporter relies on, the way Stripe answers it:
   after the event was recorded, and a reply held until the test releases it
   (to kill a reporter while Stripe has accepted its event).
 
-Prices, which tests add in process (``add_price``, ``add_portal_catalogue``)
-and the portal reads with ``GET /v1/prices`` (``lookup_keys[]``), and
-customers (``POST /v1/customers``, ``GET /v1/customers/{id}``), answered the
-same way; a parameter an endpoint does not have gets ``parameter_unknown``,
-using the stripe library's own list of each endpoint's parameters.
+Stripe Billing, enough for the portal's subscriptions, the same way:
+
+* prices, which tests add in process (``add_price``, ``add_portal_catalogue``)
+  and the portal reads with ``GET /v1/prices`` (``lookup_keys[]``);
+* customers (``POST /v1/customers``, ``GET /v1/customers/{id}``);
+* Checkout Sessions in subscription mode (``POST /v1/checkout/sessions``,
+  ``GET /v1/checkout/sessions/{id}``, ``expand[]`` of its subscription and
+  customer), validated as Stripe validates them;
+* subscriptions in the ``2026-10-28.endive`` shape, periods on the items
+  (``GET /v1/subscriptions`` and ``/v1/subscriptions/{id}``);
+* Billing Portal sessions (``POST /v1/billing_portal/sessions``) and
+  ``GET /v1/events/{id}``;
+* unknown parameters refused with ``parameter_unknown``, using the stripe
+  library's own list of each endpoint's parameters.
+
+What the customer and Stripe's clockwork do (paying a Checkout Session, a
+renewal, a failed payment, a change in the Billing Portal) are test helpers
+(``complete_checkout``, ``renew``, ``fail_payment``, ``update_subscription``…):
+each returns the webhook events Stripe would send, without delivering them;
+``signed_delivery`` signs one as Stripe does, for the test to post. Times come
+from ``clock`` (the portal's clock by default), never the wall clock; inside
+``webhook_tolerance_on_clock()`` stripe-python's signature tolerance reads it
+too.
 
 The real ``stripe`` library talks to it over HTTP; tests read its state in
-process (``events``, ``totals()``, ``requests``).
+process (``events`` and ``totals()`` for meter events, ``requests``,
+``subscription(id)``, ``checkout_session(id)``).
 """
 
 from __future__ import annotations

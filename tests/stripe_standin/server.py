@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from stripe import params as stripe_params
 
 from portal import clock as portal_clock
-from tests.stripe_standin.catalogue import Catalogue
+from tests.stripe_standin.checkout import Checkout
 from tests.stripe_standin.errors import ApiError, error_body
 from tests.stripe_standin.forms import Params, check_known, decode_form
 from tests.stripe_standin.meters import (
@@ -45,6 +45,32 @@ ROUTES: list[tuple[str, str, str, type]] = [
     ("GET", "/v1/prices/{id}", "_get_price", stripe_params.PriceRetrieveParams),
     ("POST", "/v1/customers", "_create_customer", stripe_params.CustomerCreateParams),
     ("GET", "/v1/customers/{id}", "_get_customer", stripe_params.CustomerRetrieveParams),
+    (
+        "POST",
+        "/v1/checkout/sessions",
+        "_create_checkout",
+        stripe_params.checkout.SessionCreateParams,
+    ),
+    (
+        "GET",
+        "/v1/checkout/sessions/{id}",
+        "_get_checkout",
+        stripe_params.checkout.SessionRetrieveParams,
+    ),
+    ("GET", "/v1/subscriptions", "_list_subscriptions", stripe_params.SubscriptionListParams),
+    (
+        "GET",
+        "/v1/subscriptions/{id}",
+        "_get_subscription",
+        stripe_params.SubscriptionRetrieveParams,
+    ),
+    (
+        "POST",
+        "/v1/billing_portal/sessions",
+        "_create_portal_session",
+        stripe_params.billing_portal.SessionCreateParams,
+    ),
+    ("GET", "/v1/events/{id}", "_get_event", stripe_params.EventRetrieveParams),
 ]
 Handler = Callable[[Params], dict[str, Any]]
 
@@ -59,7 +85,7 @@ class _State:
     max_in_flight: int = 0
 
 
-class StripeStandIn(Catalogue):
+class StripeStandIn(Checkout):
     """The stand-in server on a loopback port; ``url`` goes to ``STRIPE_API_BASE``."""
 
     def __init__(
