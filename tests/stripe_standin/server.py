@@ -124,8 +124,13 @@ class StripeStandIn(Checkout):
         return f"http://{host}:{port}"
 
     def start(self) -> StripeStandIn:
+        # stop() waits for the loop's next poll: a short one keeps each test
+        # that starts a stand-in from waiting half a second to end.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="stripe-standin", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="stripe-standin",
+            daemon=True,
         )
         self._thread.start()
         return self
