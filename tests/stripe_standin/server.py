@@ -1,31 +1,10 @@
-"""A local stand-in for Stripe's meter-event endpoint, for tests and benchmarks.
-
-No offline Stripe server knows Billing Meters, so this one implements what the
-reporter relies on, the way Stripe answers it:
-
-* ``POST /v1/billing/meter_events`` (form-encoded, ``Authorization: Bearer``);
-* identifier dedupe: a repeated identifier gets HTTP 400
-  ``invalid_request_error`` "An event already exists with identifier …" and
-  ``Stripe-Should-Retry: false``;
-* the timestamp window (35 days back, 5 minutes ahead), whole-number values,
-  unknown customers, error bodies in Stripe's ``{"error": {...}}`` shape and a
-  ``Request-Id`` header on every answer;
-* one request at a time per customer and meter (a second concurrent one gets
-  429, as in live mode);
-* scriptable faults, consumed one per request in order: 500/503 before
-  recording, 500 after recording, 429 with ``Retry-After``, a reply slower than
-  the client's timeout after the event was recorded, a connection dropped
-  after the event was recorded, and a reply held until the test releases it
-  (to kill a reporter while Stripe has accepted its event).
-
-The real ``stripe`` library talks to it over HTTP; tests read its state in
-process (``events``, ``totals()``, ``requests``).
-"""
+"""The stand-in's HTTP server: routing, authentication and Stripe's answer headers."""
 
 from __future__ import annotations
 
-import enum
+import functools
 import json
+import re
 import secrets
 import signal
 import socket
@@ -36,111 +15,64 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
+from stripe import params as stripe_params
+
 from portal import clock as portal_clock
+from tests.stripe_standin.checkout import Checkout
+from tests.stripe_standin.errors import ApiError, error_body
+from tests.stripe_standin.forms import Params, check_known, decode_form
+from tests.stripe_standin.meters import (
+    METER_EVENTS_PATH,
+    Fault,
+    FaultKind,
+    ReceivedRequest,
+    RecordedEvent,
+    fault_error,
+    meter_event_body,
+    validate_meter_event,
+)
 
-MAX_PAST = timedelta(days=35)
-MAX_FUTURE = timedelta(minutes=5)
-MAX_LENGTH = 100
-METER_EVENTS_PATH = "/v1/billing/meter_events"
-
-
-class FaultKind(enum.StrEnum):
-    ERROR = "error"
-    """Answer ``status`` without recording the event."""
-    ERROR_AFTER_RECORD = "error_after_record"
-    """Record the event, then answer ``status`` anyway."""
-    RATE_LIMITED = "rate_limited"
-    """429 with ``Retry-After``, nothing recorded."""
-    SLOW_AFTER_RECORD = "slow_after_record"
-    """Record the event, wait ``delay`` seconds (past the client's timeout), then answer."""
-    DROP_AFTER_RECORD = "drop_after_record"
-    """Record the event, then close the connection without an answer."""
-    HOLD_AFTER_RECORD = "hold_after_record"
-    """Record the event, then hold the answer until ``release()``; then drop the connection."""
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: FaultKind
-    status: int = 500
-    retry_after: float | None = None
-    delay: float = 0.0
-    customer: str | None = None
-    """Only a request for this customer triggers the fault (any request when ``None``)."""
-
-    @classmethod
-    def server_error(cls, status: int = 500, customer: str | None = None) -> Fault:
-        return cls(FaultKind.ERROR, status=status, customer=customer)
-
-    @classmethod
-    def error_after_record(cls, status: int = 500, customer: str | None = None) -> Fault:
-        return cls(FaultKind.ERROR_AFTER_RECORD, status=status, customer=customer)
-
-    @classmethod
-    def rate_limited(cls, retry_after: float = 1.0, customer: str | None = None) -> Fault:
-        return cls(FaultKind.RATE_LIMITED, status=429, retry_after=retry_after, customer=customer)
-
-    @classmethod
-    def slow_after_record(cls, delay: float, customer: str | None = None) -> Fault:
-        return cls(FaultKind.SLOW_AFTER_RECORD, delay=delay, customer=customer)
-
-    @classmethod
-    def dropped_after_record(cls, customer: str | None = None) -> Fault:
-        return cls(FaultKind.DROP_AFTER_RECORD, customer=customer)
-
-    @classmethod
-    def held_after_record(cls, customer: str | None = None) -> Fault:
-        return cls(FaultKind.HOLD_AFTER_RECORD, customer=customer)
-
-
-@dataclass(frozen=True)
-class RecordedEvent:
-    identifier: str
-    event_name: str
-    stripe_customer_id: str
-    value: int
-    timestamp: int
-    received_at: datetime
-
-
-@dataclass(frozen=True)
-class ReceivedRequest:
-    """One request as the stand-in saw it, and what it answered."""
-
-    identifier: str | None
-    stripe_customer_id: str | None
-    status: int | None
-    """HTTP status answered; ``None`` when the connection was dropped."""
-    fault: FaultKind | None
-    recorded: bool
-
-
-class ApiError(Exception):
-    """An answer in Stripe's error shape."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type_: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body: dict[str, Any] = {"type": type_, "message": message}
-        if code:
-            self.body["code"] = code
-        if param:
-            self.body["param"] = param
-        self.headers = headers or {}
+# Each Billing endpoint: its method, its path (an id in brackets), the method of
+# ``StripeStandIn`` that answers it, and stripe-python's params type for it,
+# which says which parameters exist.
+ROUTES: list[tuple[str, str, str, type]] = [
+    ("GET", "/v1/prices", "_list_prices", stripe_params.PriceListParams),
+    ("GET", "/v1/prices/{id}", "_get_price", stripe_params.PriceRetrieveParams),
+    ("POST", "/v1/customers", "_create_customer", stripe_params.CustomerCreateParams),
+    ("GET", "/v1/customers/{id}", "_get_customer", stripe_params.CustomerRetrieveParams),
+    (
+        "POST",
+        "/v1/checkout/sessions",
+        "_create_checkout",
+        stripe_params.checkout.SessionCreateParams,
+    ),
+    (
+        "GET",
+        "/v1/checkout/sessions/{id}",
+        "_get_checkout",
+        stripe_params.checkout.SessionRetrieveParams,
+    ),
+    ("GET", "/v1/subscriptions", "_list_subscriptions", stripe_params.SubscriptionListParams),
+    (
+        "GET",
+        "/v1/subscriptions/{id}",
+        "_get_subscription",
+        stripe_params.SubscriptionRetrieveParams,
+    ),
+    (
+        "POST",
+        "/v1/billing_portal/sessions",
+        "_create_portal_session",
+        stripe_params.billing_portal.SessionCreateParams,
+    ),
+    ("GET", "/v1/events/{id}", "_get_event", stripe_params.EventRetrieveParams),
+]
+Handler = Callable[[Params], dict[str, Any]]
 
 
 @dataclass
@@ -153,7 +85,7 @@ class _State:
     max_in_flight: int = 0
 
 
-class StripeStandIn:
+class StripeStandIn(Checkout):
     """The stand-in server on a loopback port; ``url`` goes to ``STRIPE_API_BASE``."""
 
     def __init__(
@@ -165,6 +97,7 @@ class StripeStandIn:
         processing_delay: float = 0.001,
         port: int = 0,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         """When set, other keys get 401; otherwise any sk_/rk_ key is accepted."""
         # Stripe's own time: by default the portal's clock, which tests set.
@@ -191,8 +124,13 @@ class StripeStandIn:
         return f"http://{host}:{port}"
 
     def start(self) -> StripeStandIn:
+        # stop() waits for the loop's next poll: a short one keeps each test
+        # that starts a stand-in from waiting half a second to end.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="stripe-standin", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="stripe-standin",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -259,6 +197,16 @@ class StripeStandIn:
 
     # -- request handling (called from the handler threads) -------------
 
+    def route(self, method: str, path: str) -> Handler | None:
+        """What answers ``method path`` on Billing, or ``None`` for a URL Stripe does not have."""
+        for route_method, template, name, spec in ROUTES:
+            pattern = re.escape(template).replace(r"\{id\}", "([^/]+)")
+            match = re.fullmatch(pattern, path)
+            if route_method == method and match:
+                handler = getattr(self, name)
+                return functools.partial(_checked, handler, spec, match.groups())
+        return None
+
     def _take_fault(self, customer: str | None) -> Fault | None:
         with self._state.lock:
             for fault in self._state.faults:
@@ -280,65 +228,7 @@ class StripeStandIn:
             raise ApiError(401, f"Invalid API Key provided: {shown}")
 
     def _validate(self, form: dict[str, str]) -> RecordedEvent:
-        """The meter event a request asks for, or the ``ApiError`` Stripe would answer."""
-        for name in ("event_name", "payload[stripe_customer_id]", "payload[value]"):
-            if not form.get(name):
-                raise ApiError(
-                    400, f"Missing required param: {name}.", code="parameter_missing", param=name
-                )
-        event_name = form["event_name"]
-        customer = form["payload[stripe_customer_id]"]
-        raw_value = form["payload[value]"]
-        identifier = form.get("identifier") or f"standin_{secrets.token_hex(12)}"
-        for name, text in (("event_name", event_name), ("identifier", identifier)):
-            if len(text) > MAX_LENGTH:
-                raise ApiError(
-                    400,
-                    f"Invalid string: {text[:20]}...; must be at most {MAX_LENGTH} characters",
-                    code="string_length_exceeds_maximum",
-                    param=name,
-                )
-        if not (raw_value.isascii() and raw_value.isdigit()):
-            raise ApiError(
-                400,
-                f"The value `{raw_value}` for `payload[value]` must be a whole number.",
-                code="parameter_invalid_integer",
-                param="payload[value]",
-            )
-        now = self.clock()
-        raw_timestamp = form.get("timestamp") or str(int(now.timestamp()))
-        try:
-            timestamp = int(raw_timestamp)
-        except ValueError:
-            raise ApiError(
-                400,
-                f"Invalid integer: {raw_timestamp}",
-                code="parameter_invalid_integer",
-                param="timestamp",
-            ) from None
-        if timestamp < (now - MAX_PAST).timestamp():
-            raise ApiError(
-                400,
-                "The event timestamp cannot be more than 35 days in past. Please provide a "
-                "timestamp that is within the last 35 days.",
-                code="timestamp_too_far_in_past",
-                param="timestamp",
-            )
-        if timestamp > (now + MAX_FUTURE).timestamp():
-            raise ApiError(
-                400,
-                "The event timestamp cannot be more than 5 minutes in the future.",
-                code="timestamp_in_future",
-                param="timestamp",
-            )
-        if customer in self.missing_customers:
-            raise ApiError(
-                400,
-                f"No such customer: '{customer}'",
-                code="resource_missing",
-                param="payload[stripe_customer_id]",
-            )
-        return RecordedEvent(identifier, event_name, customer, int(raw_value), timestamp, now)
+        return validate_meter_event(form, self.clock(), self.missing_customers)
 
     def _record(self, event: RecordedEvent) -> None:
         with self._state.lock:
@@ -390,28 +280,28 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self._answer(
-            404, _error_body(ApiError(404, f"Unrecognized request URL (GET: {self.path})."))
-        )
+        self._billing_request("GET", self.path.partition("?")[2])
+
+    def do_DELETE(self) -> None:  # noqa: N802 - http.server's naming
+        self._billing_request("DELETE", self.path.partition("?")[2])
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8") if length else ""
+        if self.path.split("?")[0] != METER_EVENTS_PATH:
+            self._billing_request("POST", body)
+            return
         form = {name: values[-1] for name, values in parse_qs(body, keep_blank_values=True).items()}
         identifier = form.get("identifier")
         customer = form.get("payload[stripe_customer_id]")
         standin = self.standin
-        if self.path.split("?")[0] != METER_EVENTS_PATH:
-            error = ApiError(404, f"Unrecognized request URL (POST: {self.path}).")
-            self._answer(404, _error_body(error))
-            return
         fault: Fault | None = None
         recorded = False
         try:
             standin._check_key(self.headers.get("Authorization"))
             fault = standin._take_fault(customer)
             if fault is not None and fault.kind is FaultKind.ERROR:
-                raise _fault_error(fault)
+                raise fault_error(fault)
             if fault is not None and fault.kind is FaultKind.RATE_LIMITED:
                 raise ApiError(
                     429,
@@ -426,13 +316,13 @@ class _Handler(BaseHTTPRequestHandler):
             recorded = True
         except ApiError as error:
             standin._log(ReceivedRequest(identifier, customer, error.status, _kind(fault), False))
-            self._answer(error.status, _error_body(error), error.headers)
+            self._answer(error.status, error_body(error), error.headers)
             return
 
         kind = _kind(fault)
         if fault is not None and fault.kind is FaultKind.ERROR_AFTER_RECORD:
             standin._log(ReceivedRequest(identifier, customer, fault.status, kind, recorded))
-            self._answer(fault.status, _error_body(_fault_error(fault)))
+            self._answer(fault.status, error_body(fault_error(fault)))
             return
         if fault is not None and fault.kind in (
             FaultKind.DROP_AFTER_RECORD,
@@ -447,7 +337,27 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind is FaultKind.SLOW_AFTER_RECORD:
             time.sleep(fault.delay)
         standin._log(ReceivedRequest(identifier, customer, 200, kind, recorded))
-        self._answer(200, _meter_event_body(event))
+        self._answer(200, meter_event_body(event))
+
+    def _billing_request(self, method: str, encoded: str) -> None:
+        """Everything but meter events: Billing objects, which faults leave alone."""
+        standin = self.standin
+        try:
+            handler = standin.route(method, self.path.split("?")[0])
+            if handler is None:
+                raise ApiError(404, f"Unrecognized request URL ({method}: {self.path}).")
+            standin._check_key(self.headers.get("Authorization"))
+            answer = handler(decode_form(encoded))
+        except ApiError as error:
+            self._answer(error.status, error_body(error), error.headers)
+            return
+        except Exception as error:
+            # A bug in the stand-in answers 500 with its cause rather than dropping
+            # the connection, so the test shows the cause, not a network error.
+            failure = ApiError(500, f"The stand-in failed: {error!r}", type_="api_error")
+            self._answer(500, error_body(failure))
+            return
+        self._answer(200, answer)
 
     def _answer(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
@@ -476,41 +386,24 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+def _checked(
+    handler: Callable[..., dict[str, Any]], spec: type, ids: tuple[str, ...], params: Params
+) -> dict[str, Any]:
+    check_known(params, spec)
+    return handler(params, *ids)
+
+
 def _kind(fault: Fault | None) -> FaultKind | None:
     return fault.kind if fault is not None else None
-
-
-def _fault_error(fault: Fault) -> ApiError:
-    if fault.status == 503:
-        return ApiError(503, "Stripe is temporarily unavailable.", type_="api_error")
-    return ApiError(
-        fault.status,
-        "An unknown error occurred. Please retry the request.",
-        type_="api_error",
-    )
-
-
-def _error_body(error: ApiError) -> dict[str, Any]:
-    return {"error": error.body}
-
-
-def _meter_event_body(event: RecordedEvent) -> dict[str, Any]:
-    return {
-        "object": "billing.meter_event",
-        "created": int(event.received_at.timestamp()),
-        "event_name": event.event_name,
-        "identifier": event.identifier,
-        "livemode": False,
-        "payload": {"stripe_customer_id": event.stripe_customer_id, "value": str(event.value)},
-        "timestamp": event.timestamp,
-    }
 
 
 def main() -> None:
     """Serve the stand-in until interrupted: ``python -m tests.stripe_standin [--port N]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="A local stand-in for Stripe's API, for tests and benchmarks."
+    )
     parser.add_argument("--port", type=int, default=12111)
     arguments = parser.parse_args()
     # SIGTERM (kill, a service manager) stops it as cleanly as Ctrl-C.
@@ -525,7 +418,3 @@ def main() -> None:
     finally:
         standin.stop()
         print(f"Received {len(standin.events)} meter events; totals: {standin.totals()}")
-
-
-if __name__ == "__main__":
-    main()
