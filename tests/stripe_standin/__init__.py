@@ -38,9 +38,7 @@ renewal, a failed payment, a change in the Billing Portal) are test helpers
 (``complete_checkout``, ``renew``, ``fail_payment``, ``update_subscription``…):
 each returns the webhook events Stripe would send, without delivering them;
 ``signed_delivery`` signs one as Stripe does, for the test to post. Times come
-from ``clock`` (the portal's clock by default), never the wall clock; inside
-``webhook_tolerance_on_clock()`` stripe-python's signature tolerance reads it
-too.
+from ``clock`` (the portal's clock by default), never the wall clock.
 
 The real ``stripe`` library talks to it over HTTP; tests read its state in
 process (``events`` and ``totals()`` for meter events, ``requests``,

@@ -6,14 +6,8 @@ import copy
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
-from unittest import mock
-
-import stripe._webhook
 
 from tests.stripe_standin.store import new_id, unix
 
@@ -61,17 +55,3 @@ def delivery(event: dict[str, Any], secret: str, timestamp: int) -> tuple[bytes,
         "Content-Type": "application/json",
     }
     return body, headers
-
-
-@contextmanager
-def library_tolerance_on(clock: Callable[[], datetime]) -> Iterator[None]:
-    """Make stripe-python's 5-minute signature tolerance count from ``clock``.
-
-    ``Webhook.construct_event`` compares the signature's timestamp with the
-    wall clock (``time.time()``), so a delivery signed at a test's frozen time
-    looks months old. Inside this block the library's webhook module reads
-    ``clock`` instead; nothing else in the process is affected.
-    """
-    frozen_time = SimpleNamespace(time=lambda: clock().timestamp())
-    with mock.patch.object(stripe._webhook, "time", frozen_time):
-        yield

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
 from tests.stripe_standin import forms
 from tests.stripe_standin.catalogue import Catalogue
 from tests.stripe_standin.errors import ApiError
-from tests.stripe_standin.events import delivery, library_tolerance_on, new_event
+from tests.stripe_standin.events import delivery, new_event
 from tests.stripe_standin.forms import Params
 from tests.stripe_standin.store import LineItems, find, new_id, unix
 from tests.stripe_standin.subscriptions import (
@@ -141,11 +140,6 @@ class Lifecycle(Catalogue):
         """The body and headers Stripe posts for ``event``, signed with ``secret`` at
         ``timestamp`` (Unix seconds; by default the clock's)."""
         return delivery(event, secret, unix(self.clock()) if timestamp is None else timestamp)
-
-    def webhook_tolerance_on_clock(self) -> AbstractContextManager[None]:
-        """A block in which stripe-python checks signature ages against this clock
-        (it reads the wall clock otherwise; see ``events.library_tolerance_on``)."""
-        return library_tolerance_on(self.clock)
 
     # -- inspection and HTTP ---------------------------------------------
 
