@@ -24,6 +24,7 @@ from portal.plans import (
     percent_used,
     warning_level,
 )
+from portal.usage.subjects import SubscriptionTerms
 
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 200
@@ -94,6 +95,16 @@ class OrgUsageSummary:
     sort: MemberSort
     descending: bool
     search: str
+    terms: SubscriptionTerms | None = None
+    """What Stripe says of the organization's subscription; ``None`` for one made by hand."""
+    stripe_customer_id: str | None = None
+
+    @property
+    def ends_at(self) -> datetime | None:
+        """When a subscription canceled at its period's end stops; ``None`` otherwise."""
+        if self.terms is None or not self.terms.cancel_at_period_end:
+            return None
+        return self.terms.current_period[1] if self.terms.current_period else None
 
     @property
     def average_per_member(self) -> Decimal:
@@ -106,9 +117,24 @@ class OrgUsageSummary:
         return max(1, math.ceil(self.matching_members / self.page_size))
 
 
+def organization_terms(org: Organization) -> SubscriptionTerms | None:
+    """What Stripe says of the organization's subscription; ``None`` for one made by hand."""
+    if org.stripe_subscription_id is None:
+        return None
+    start, end = org.current_period_start, org.current_period_end
+    return SubscriptionTerms(
+        status=org.subscription_status,
+        trial_end=org.trial_end,
+        cancel_at_period_end=org.cancel_at_period_end,
+        current_period=(start, end) if start is not None and end is not None else None,
+    )
+
+
 def organization_period(org: Organization, moment: datetime) -> BillingPeriod:
-    """The organization's billing period containing ``moment``."""
-    return period_containing(moment, org.billing_anchor)
+    """The organization's billing period containing ``moment`` (Stripe's current one wins)."""
+    terms = organization_terms(org)
+    current = terms.current_period if terms is not None else None
+    return period_containing(moment, org.billing_anchor, current)
 
 
 def _member_used() -> Any:
@@ -242,6 +268,8 @@ def get_org_usage_summary(
         sort=sort,
         descending=descending,
         search=search,
+        terms=organization_terms(org),
+        stripe_customer_id=org.stripe_customer_id,
     )
 
 

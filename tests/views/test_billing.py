@@ -389,3 +389,32 @@ def test_an_event_stripe_cannot_be_asked_about_stays_pending_until_delivered_aga
     assert json.loads(deliver(app, standin, completed).data)["outcome"] == "applied"
     session.expire_all()
     assert check_usage(session, user.id, clock.now()).plan.id == "pro"
+
+
+def test_the_organization_page_offers_billing_to_its_admins(
+    app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn
+) -> None:
+    org = make_org(session, plan="team", seats=2, customer=None)
+    admin = make_user(session, org=org, role="admin", password=PASSWORD)
+    session.commit()
+    browser = signed_in(admin.email)
+    before = region(browser, f"/orgs/{org.slug}/usage")
+    assert "Subscribe to Team" in before and "Manage billing" not in before
+    session_id = checkout(browser, f"/orgs/{org.slug}/billing/checkout", "team")
+    for event in standin.complete_checkout(session_id, trial_days=7):
+        deliver(app, standin, event)
+    after = region(browser, f"/orgs/{org.slug}/usage")
+    assert "Manage billing" in after and "Trial" in after and "Subscribe to" not in after
+    subscription_id = str(standin.checkout_session(session_id)["subscription"])
+    deliver(app, standin, standin.cancel(subscription_id, at_period_end=True))
+    assert "· then members are on Free" in region(browser, f"/orgs/{org.slug}/usage")
+
+
+def test_start_up_says_when_stripe_webhooks_are_not_set_up(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from portal import create_app
+
+    with caplog.at_level("WARNING", logger="portal"):
+        create_app({"SQLALCHEMY_DATABASE_URI": database_url, "STRIPE_WEBHOOK_SECRET": None})
+    assert "STRIPE_WEBHOOK_SECRET is not set: POST /stripe/webhook answers 404" in caplog.text
