@@ -1,0 +1,97 @@
+"""API single events: ``POST /api/v1/usage-events`` against a bare Flask route doing one INSERT.
+
+Both run under the production command (``gunicorn --config gunicorn_config.py``,
+its ``sync`` workers, as many of them) on one scratch database, and take
+turns: baseline, portal, baseline, portal… Each round gives a ratio; the
+verdict is on the median, so a machine whose speed drifts during the run
+tilts no single ratio for long. Every answer must be 201 and the database
+must hold exactly the events answered (``harness.post_events``).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from bench import harness as h
+from portal import clock
+
+GOAL = 0.70
+TABLE = """CREATE TABLE baseline_events (
+    id bigserial PRIMARY KEY,
+    user_email text NOT NULL,
+    idempotency_key text NOT NULL UNIQUE,
+    quantity integer NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+)"""
+"""What ``bench/baseline_app.py`` writes to: a unique key, as usage events have."""
+PATH = "/api/v1/usage-events"
+BASELINE_COUNTS = "SELECT count(*), count(*) FROM baseline_events"
+
+
+def run() -> h.Section:
+    now = clock.now()
+    users = [h.EMAIL.format(n) for n in range(h.WRK_THREADS * h.USERS_PER_THREAD)]
+    with h.scratch_database("api_single") as url:
+        with h.portal_session(url) as session:
+            h.add_users(session, users, now - timedelta(days=1))
+            auth = [f"Authorization: Bearer {h.api_key(session, now)}"]
+        h.execute(url, TABLE)
+        with (
+            h.gunicorn("wsgi:app", url) as portal,
+            h.gunicorn("bench.baseline_app:app", url) as bare,
+        ):
+            h.warm_up(bare, "/events", expect=201, events=1)
+            h.warm_up(portal, PATH, expect=201, events=1, headers=auth)
+            rounds = []
+            for index in range(1, h.settings().rounds + 1):
+                baseline = h.post_events(
+                    bare,
+                    url,
+                    "/events",
+                    f"bare Flask, round {index}",
+                    events=1,
+                    counts=BASELINE_COUNTS,
+                )
+                target = h.post_events(
+                    portal, url, PATH, f"single events, round {index}", events=1, headers=auth
+                )
+                rounds.append((baseline, target))
+            workers = portal.workers
+    ratio = h.median([target.per_second / base.per_second for base, target in rounds])
+    middle = sorted(rounds, key=lambda pair: pair[1].per_second / pair[0].per_second)
+    base, target = middle[len(middle) // 2]
+    verdict = h.Verdict(
+        "API single event",
+        f"≥ {h.pct(GOAL)} of bare Flask + one INSERT",
+        f"{target.per_second:,.0f} requests/s ({h.pct(ratio)}, median of {len(rounds)} rounds)",
+        f"{base.per_second:,.0f} requests/s",
+        ratio >= GOAL,
+    )
+    rows = [
+        [
+            f"{index}",
+            base.per_second,
+            target.per_second,
+            h.pct(target.per_second / base.per_second),
+            f"{base.p99_ms:.1f} / {target.p99_ms:.1f}",
+            f"{base.cpu.per(base.count)} — {target.cpu.per(target.count)}",
+        ]
+        for index, (base, target) in enumerate(rounds, 1)
+    ]
+    header = ["Round", "Bare Flask (req/s)", "Portal (req/s)", "Ratio", "p99 ms (bare / portal)"]
+    figures = h.table([*header, "CPU ms/request (bare — portal)"], rows)
+    body = f"""`POST {PATH}` (one event, `Authorization: Bearer`, answered 201) against the
+baseline app `bench/baseline_app.py`: one Flask route that reads the JSON body and runs one
+`INSERT … RETURNING` in autocommit. Both are served by `gunicorn --config gunicorn_config.py`
+({workers} `sync` workers each), on one scratch database, driven by `wrk -t {h.WRK_THREADS}
+-c {h.WRK_CONNECTIONS}` for {h.settings().seconds} s a run over loopback. Events go to
+{len(users)} users on the pro plan; each wrk thread has its own, so no two requests in flight
+share a running total.
+
+{figures}
+
+The verdict is on the median ratio of the rounds. The portal's request does what the
+baseline's does plus the API key check, the user's plan, the running total and the reporter's
+backlog row (one statement), and a larger answer; the ratio is the share of the baseline's
+rate it keeps. {h.cpu_note([run for pair in rounds for run in pair])}"""
+    return h.Section("API single events", [verdict], body)
