@@ -8,10 +8,7 @@ exactly those events (``harness.post_events``).
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from bench import harness as h
-from portal import clock
 
 GOAL = 50_000
 EVENTS = 1_000
@@ -21,12 +18,7 @@ PATH = "/api/v1/usage-events/batch"
 
 
 def run() -> h.Section:
-    now = clock.now()
-    users = [h.EMAIL.format(n) for n in range(h.WRK_THREADS * h.USERS_PER_THREAD)]
-    with h.scratch_database("api_batch") as url:
-        with h.portal_session(url) as session:
-            h.add_users(session, users, now - timedelta(days=1))
-            auth = [f"Authorization: Bearer {h.api_key(session, now)}"]
+    with h.api_database("api_batch") as (url, auth):
         with h.gunicorn("wsgi:app", url) as server:
             options = {"events": EVENTS, "headers": auth, "connections": CONNECTIONS}
             h.warm_up(server, PATH, expect=200, **options)
@@ -55,7 +47,7 @@ def run() -> h.Section:
     ]
     figures = h.table(["Run", "Events/s", "p50 ms", "p99 ms", "CPU ms/request"], rows)
     body = f"""`POST {PATH}` with {EVENTS:,} events a request (each its own idempotency key,
-for {len(users)} pro users), `wrk -t {h.WRK_THREADS} -c {CONNECTIONS}` for
+for {h.API_USERS} pro users), `wrk -t {h.WRK_THREADS} -c {CONNECTIONS}` for
 {h.settings().seconds} s a run, under the production server ({workers} `sync` workers).
 Events/s counts the events the answers reported created.
 

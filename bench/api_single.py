@@ -10,10 +10,7 @@ must hold exactly the events answered (``harness.post_events``).
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from bench import harness as h
-from portal import clock
 
 GOAL = 0.70
 TABLE = """CREATE TABLE baseline_events (
@@ -29,12 +26,7 @@ BASELINE_COUNTS = "SELECT count(*), count(*) FROM baseline_events"
 
 
 def run() -> h.Section:
-    now = clock.now()
-    users = [h.EMAIL.format(n) for n in range(h.WRK_THREADS * h.USERS_PER_THREAD)]
-    with h.scratch_database("api_single") as url:
-        with h.portal_session(url) as session:
-            h.add_users(session, users, now - timedelta(days=1))
-            auth = [f"Authorization: Bearer {h.api_key(session, now)}"]
+    with h.api_database("api_single") as (url, auth):
         h.execute(url, TABLE)
         with (
             h.gunicorn("wsgi:app", url) as portal,
@@ -80,13 +72,12 @@ def run() -> h.Section:
     ]
     header = ["Round", "Bare Flask (req/s)", "Portal (req/s)", "Ratio", "p99 ms (bare / portal)"]
     figures = h.table([*header, "CPU ms/request (bare — portal)"], rows)
-    body = f"""`POST {PATH}` (one event, `Authorization: Bearer`, answered 201) against the
-baseline app `bench/baseline_app.py`: one Flask route that reads the JSON body and runs one
-`INSERT … RETURNING` in autocommit. Both are served by `gunicorn --config gunicorn_config.py`
-({workers} `sync` workers each), on one scratch database, driven by `wrk -t {h.WRK_THREADS}
--c {h.WRK_CONNECTIONS}` for {h.settings().seconds} s a run over loopback. Events go to
-{len(users)} users on the pro plan; each wrk thread has its own, so no two requests in flight
-share a running total.
+    body = f"""`POST {PATH}` (one event, `Authorization: Bearer`, answered 201) against
+`bench/baseline_app.py`: one Flask route that reads the JSON body and runs one `INSERT …
+RETURNING` in autocommit. Both are served by `gunicorn --config gunicorn_config.py` ({workers}
+`sync` workers each) on one scratch database and driven by `wrk -t {h.WRK_THREADS} -c
+{h.WRK_CONNECTIONS}`, {h.settings().seconds} s a run. Events go to {h.API_USERS} pro users;
+each wrk thread has its own, so no two requests in flight share a running total.
 
 {figures}
 

@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ WRK_CONNECTIONS = 16
 WRK_THREADS = 2
 USERS_PER_THREAD = 100
 """wrk's threads each POST for users of their own: no two requests in flight share a total."""
+API_USERS = WRK_THREADS * USERS_PER_THREAD
 
 
 class BenchError(RuntimeError):
@@ -232,6 +233,24 @@ def api_key(session: Session, now: datetime) -> str:
     return key
 
 
+@contextlib.contextmanager
+def api_database(name: str) -> Iterator[tuple[str, list[str]]]:
+    """A scratch database with the pro users ``wrk.lua`` posts for and an API key.
+
+    Yields its URL and the wrk header that authorizes. The users' period
+    started yesterday, so every event of the run falls in it.
+    """
+    from portal import clock
+
+    now = clock.now()
+    users = [EMAIL.format(n) for n in range(API_USERS)]
+    with scratch_database(name) as url:
+        with portal_session(url) as session:
+            add_users(session, users, now - timedelta(days=1))
+            key = api_key(session, now)
+        yield url, [f"Authorization: Bearer {key}"]
+
+
 def bulk_users(conn: Connection, prefix: str, count: int, created: datetime) -> list[int]:
     """``count`` users ``<prefix><n>@bench.example`` in one statement; their ids in order."""
     rows = conn.execute(
@@ -382,15 +401,10 @@ class CpuUse:
     def other_share(self) -> float:
         return self.other / self.capacity if self.capacity else 0.0
 
-    @property
-    def busy_share(self) -> float:
-        used = self.server + self.postgres + self.client + self.other
-        return used / self.capacity if self.capacity else 0.0
-
     def per(self, count: int) -> str:
-        """Milliseconds per request (or call): server / PostgreSQL / client."""
+        """Milliseconds per request (or call): server / PostgreSQL / client; "—" for no server."""
         parts = [self.server, self.postgres, self.client]
-        return " / ".join(f"{seconds / count * 1000:.2f}" for seconds in parts) if count else "—"
+        return " / ".join("—" if math.isnan(t) else f"{t / count * 1000:.2f}" for t in parts)
 
 
 disturbed: list[str] = []
@@ -409,12 +423,13 @@ class CpuMeter:
         busy, interrupts, total = (
             b - a for a, b in zip(self.start.machine, end.machine, strict=True)
         )
-        server = end.server - self.start.server
+        server = end.server - self.start.server if self.server_pid else math.nan
         postgres = end.postgres - self.start.postgres
         client = end.ours - self.start.ours
-        other = max(0.0, (busy - interrupts) / TICK - server - postgres - client)
+        other = (busy - interrupts) / TICK - postgres - client
+        other = max(0.0, other - (0.0 if math.isnan(server) else server))
         use = CpuUse(server, postgres, client, other, total / TICK)
-        if use.other_share > DISTURBED_SHARE:
+        if use.other_share > DISTURBED_SHARE and label != "warm-up":
             disturbed.append(f"{label}: other programs took {use.other_share:.0%} of the CPUs")
             log(f"warning: {disturbed[-1]}")
         return use
@@ -817,15 +832,15 @@ class Section:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table; numbers right-aligned."""
-    align = ["---:" if isinstance(cell, int | float) else "---" for cell in rows[0]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    for row in rows:
-        cells = [
-            f"{c:,}" if isinstance(c, int) else f"{c:,.1f}" if isinstance(c, float) else c
-            for c in row
-        ]
-        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    """A Markdown table: the first column left-aligned, the figures right-aligned."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
