@@ -155,6 +155,8 @@ def scratch_database(name: str, *, migrated: bool = True) -> Iterator[str]:
         yield database_url(name)
     finally:
         _scratch.discard(name)
+        if (used := _engines.pop(database_url(name), None)) is not None:
+            used.dispose()
         _drop(name)
 
 
@@ -164,9 +166,14 @@ def drop_template() -> None:
         _template.cache_clear()
 
 
-@functools.cache
+_engines: dict[str, Engine] = {}
+
+
 def engine(url: str) -> Engine:
-    return create_engine(url, pool_size=2)
+    """One engine per scratch database, disposed of when the database is dropped."""
+    if url not in _engines:
+        _engines[url] = create_engine(url, pool_size=2)
+    return _engines[url]
 
 
 def query(url: str, sql: str, **params: Any) -> Any:
