@@ -56,7 +56,7 @@ def machine(elapsed: float) -> str:
         ["gunicorn workers", f"{workers} (`gunicorn_config.py`: 2 per CPU + 1)"],
         ["`make bench` took", f"{elapsed / 60:.1f} min"],
     ]
-    return h.table(["Machine", ""], rows)
+    return h.table(["Machine", ""], rows, left=2)
 
 
 def write(sections: list[h.Section], elapsed: float) -> None:
@@ -68,7 +68,7 @@ def write(sections: list[h.Section], elapsed: float) -> None:
     s = h.settings()
     parts = [
         "# Benchmarks",
-        h.table(["Target", "Goal", "Measured", "Baseline", "Result"], rows),
+        h.table(["Target", "Goal", "Measured", "Baseline", "Result"], rows, left=5),
         f"""`make bench` rewrites this page: it runs every script in `bench/` once, in one
 run, against the PostgreSQL server at `BENCH_DATABASE_URL` (default
 `{h.DEFAULT_DATABASE_URL}`), in scratch databases it creates and drops. Every ratio is to a
@@ -134,6 +134,8 @@ def main(names: list[str]) -> int:
         h.drop_template()
     elapsed = time.monotonic() - started
     h.log(f"done in {elapsed / 60:.1f} min")
+    if h.disturbed:
+        h.log(f"warning: other programs were busy during {len(h.disturbed)} runs: rerun")
     if not names:
         write(sections, elapsed)
         h.log(f"wrote {OUTPUT.relative_to(h.ROOT)}")

@@ -100,7 +100,7 @@ def settings() -> Settings:
         admin_url=make_url(normalize_database_url(raw)),
         seconds=_env_int("BENCH_SECONDS", 5),
         warmup=_env_int("BENCH_WARMUP_SECONDS", 2, 0),
-        rounds=_env_int("BENCH_ROUNDS", 3),
+        rounds=_env_int("BENCH_ROUNDS", 5),
         report_events=_env_int("BENCH_REPORT_EVENTS", 1_000_000, 10_000),
         org_members=_env_int("BENCH_ORG_MEMBERS", 10_000),
         repeats=_env_int("BENCH_REPEATS", 10),
@@ -838,15 +838,16 @@ class Section:
     body: str
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table: the first column left-aligned, the figures right-aligned."""
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], *, left: int = 1) -> str:
+    """A Markdown table: the first ``left`` columns left-aligned, the figures right-aligned."""
 
     def cell(value: object) -> str:
         if isinstance(value, float):
             return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    align = "|" + "---|" * left + "---:|" * (len(header) - left)
+    lines = ["| " + " | ".join(header) + " |", align]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
 
