@@ -1,7 +1,7 @@
 """``make bench``: run every benchmark in one run and rewrite ``docs/benchmarks.md``.
 
 ``python -m bench NAME …`` runs some of them (names of the scripts in
-``bench/``) and prints their rows without touching the page. Any benchmark
+``bench/``) and prints their sections without touching the page. Any benchmark
 error (a miscount, a failed request, a missing tool) stops the run with exit
 code 1 and leaves the page as it was: its figures could not be trusted.
 """
@@ -122,6 +122,8 @@ def main(names: list[str]) -> int:
             h.log(f"== {name}")
             section: h.Section = importlib.import_module(f"bench.{name}").run()
             sections.append(section)
+            if names:  # a partial run leaves the page alone: show its sections here
+                print(f"## {section.title}\n\n{section.body}\n", flush=True)
             for v in section.verdicts:
                 h.log(
                     f"{v.target}: {v.measured} vs {v.baseline} ({v.goal}): "

@@ -860,13 +860,17 @@ def pct(value: float) -> str:
     return f"{value:.0%}"
 
 
+def busy_note(cpus: Sequence[CpuUse]) -> str:
+    """How much of the machine other programs took during these runs."""
+    worst = max(cpu.other_share for cpu in cpus)
+    busy = " (a busy machine: rerun)" if worst > DISTURBED_SHARE else ""
+    return f"Other programs took at most {worst:.0%} of the CPUs during these runs{busy}."
+
+
 def cpu_note(runs: Sequence[LoadRun]) -> str:
     """The CPU line every load section ends with."""
-    worst = max(run.cpu.other_share for run in runs)
-    return (
-        "CPU ms per request (or call): server / PostgreSQL / client, from `/proc`; "
-        f"other programs took at most {worst:.0%} of the CPUs during these runs"
-        + (" (busy machine: rerun)." if worst > DISTURBED_SHARE else ".")
+    return "CPU ms per request (or call): server / PostgreSQL / client, from `/proc`. " + busy_note(
+        [run.cpu for run in runs]
     )
 
 
