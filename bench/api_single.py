@@ -81,8 +81,9 @@ each wrk thread has its own, so no two requests in flight share a running total.
 
 {figures}
 
-The verdict is on the median ratio of the rounds. The portal's request does what the
-baseline's does plus the API key check, the user's plan, the running total and the reporter's
-backlog row (one statement), and a larger answer; the ratio is the share of the baseline's
-rate it keeps. {h.cpu_note([run for pair in rounds for run in pair])}"""
+The verdict is on the median of the rounds' ratios. The portal's request sends PostgreSQL three
+statements where the baseline's sends one (the API key, the user's plan, then the event with
+its running total and backlog row), and answers with the user's usage. With the load, wrk and
+PostgreSQL sharing the CPUs, requests/s follow the CPU each request costs in all three: compare
+the CPU columns of the two. {h.cpu_note([run for pair in rounds for run in pair])}"""
     return h.Section("API single events", [verdict], body)

@@ -89,6 +89,7 @@ They take turns in each round; the verdict is on the median of the rounds' ratio
 
 {figures}
 
-The full render keeps {h.pct(render_ratio)} of `/healthz` (median): rendering the region
-is what a 304 saves. {h.cpu_note([run for r in rounds for run in r])}"""
+A poll sends PostgreSQL two statements (the session's user, then the status), `/healthz`
+none. The full render keeps {h.pct(render_ratio)} of `/healthz` (median): the difference to
+the 304 is the rendering a revalidation saves. {h.cpu_note([run for r in rounds for run in r])}"""
     return h.Section("The live region's poll", [verdict], body)

@@ -151,8 +151,9 @@ for the others' lock on its running total. The baseline is `pgbench -N -c {WORKE
 
 {figures}
 
-Each call is one statement PostgreSQL commits as it runs it (a pro plan has no cap), after
-one query for the user's plan. Every call made, warm-up included, was checked to be one
-`usage_events` row and one unit of `sum(usage_records.used)`. The client column is the
-worker processes' Python. {h.cpu_note(every)}"""
+A call sends two statements: the user's plan, then the recording, which PostgreSQL commits
+as it runs it (a pro plan has no cap). With {WORKERS} workers on this machine's CPUs, calls/s
+follow the CPU a call costs: the client column is the workers' Python (SQLAlchemy, psycopg),
+against pgbench's C client. Every call made, warm-up included, was checked to be one
+`usage_events` row and one unit of `sum(usage_records.used)`. {h.cpu_note(every)}"""
     return h.Section("`record_usage` in process", verdicts, body)
