@@ -102,7 +102,14 @@ ratios much less.""",
     for section in sections:
         parts += [f"## {section.title}", section.body.strip()]
     if h.disturbed:
-        parts += ["## Busy machine", "\n".join(f"- {line}" for line in h.disturbed)]
+        runs = "; ".join(h.disturbed)
+        parts += [
+            "## Busy machine",
+            f"Other programs took more than {h.DISTURBED_SHARE:.0%} of the CPUs during "
+            f"{len(h.disturbed)} measured runs: {runs}. Such a run is slower by up to that "
+            "share; a ratio moves when its target and baseline had different company, which "
+            "the median of the rounds dampens.",
+        ]
     OUTPUT.write_text("\n\n".join(parts) + "\n")
 
 

@@ -437,8 +437,8 @@ class CpuMeter:
         other = max(0.0, other - (0.0 if math.isnan(server) else server))
         use = CpuUse(server, postgres, client, other, total / TICK)
         if use.other_share > DISTURBED_SHARE and label != "warm-up":
-            disturbed.append(f"{label}: other programs took {use.other_share:.0%} of the CPUs")
-            log(f"warning: {disturbed[-1]}")
+            disturbed.append(f"{label}: {use.other_share:.0%}")
+            log(f"warning: {label}: other programs took {use.other_share:.0%} of the CPUs")
         return use
 
 

@@ -125,7 +125,7 @@ def run() -> h.Section:
     ]
     figures = h.table(["Request", "Median ms", "Max ms", "First bytes (median ms)"], rows)
     body = f"""An organization on the business plan with {members:,} members (one admin), about
-80 % of whom used the pool this billing period (`member_usage`, and the pool's running total).
+80% of whom used the pool this billing period (`member_usage`, and the pool's running total).
 The admin signs in through `/login`; then, through the production server, one request at a
 time after one unmeasured fetch each, {len(pages)} times each:
 
@@ -136,7 +136,8 @@ time after one unmeasured fetch each, {len(pages)} times each:
 
 {figures}
 
-Times are the client's, from sending the request to the last byte, over loopback. The CSV
+Times are the client's, from sending the request to the last byte, over loopback; the
+verdicts are on the medians, the maximum is the slowest of the fetches. The CSV
 counts as streamed when it comes chunked (no `Content-Length`: it is written as it is read)
 and its first bytes arrive within {h.pct(STREAMED)} of the whole download's time; here
 {"chunked" if chunked else "**not chunked**"}, first bytes after {h.pct(first / export)} of

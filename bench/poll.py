@@ -80,7 +80,7 @@ def run() -> h.Section:
 session cookie to `GET {PATH}` under the production server ({workers} `sync` workers):
 
 - **304 poll** (the target): with `If-None-Match` of the region's ETag, as a browser
-  revalidates under `Cache-Control: private, no-cache`; one status query, no rendering;
+  revalidates under `Cache-Control: private, no-cache`: answered from the ETag, no rendering;
 - **200 poll**: no `If-None-Match`, so the region is rendered each time;
 - **`/healthz`** (the baseline): no database, no session; what the server itself costs.
 
