@@ -1,429 +1,296 @@
-"""``flask report-usage`` against the Stripe stand-in: throughput and memory.
+"""``flask report-usage`` on a 1,000,000-event backlog, against the Stripe stand-in process.
 
-Accounts: 1,000 Stripe customers, 800 users on the pro plan and 200
-organizations on the business plan (five members each), all in their current
-billing period. The backlog is generated with one ``INSERT … SELECT
-generate_series`` that writes each event and its row in the reporter's backlog
-queue, as recording does (every customer gets the same number of events,
-quantities 1-3, occurred in the last two days) and the reporter then runs exactly as
-cron runs it, in a process of its own (``python -m flask --app wsgi
-report-usage --json``, default batch size and senders), against the stand-in of the test
-suite (``tests/stripe_standin.py``) over HTTP through the real ``stripe``
-library.
-
-Three runs, on the same accounts: one reporter on 10,000 events, one on
-1,000,000 events, and two reporters started together on a fresh 1,000,000
-(how PostgreSQL deployments go faster: runs share a backlog safely). For
-each: events reported per second (by the reporters' own clocks, process
-start-up excluded; the wall time is reported too), the meter events sent, and
-the peak resident memory of a reporter process (``ru_maxrss`` from
-``wait4``). The targets: at least 50,000 events/s on the large backlog, and
-the large backlog's peak memory within 1.2x of the small one's.
-
-Afterwards every event must be reported and the stand-in must hold, per
-customer, exactly the sum of that customer's quantities: a benchmark that
-miscounts is an error, not a result.
-
-Settings: ``BENCH_DATABASE_URL`` (admin connection allowed to create
-databases; default ``postgresql://postgres@127.0.0.1:5432/test``),
-``BENCH_REPORTER_EVENTS`` (the large backlog, default 1,000,000).
+The backlog is written set-based, as recording would have left it: each
+event in ``usage_events`` with its row in ``usage_report_backlog``, the
+running totals in ``usage_records`` and the members' shares in
+``member_usage``, for 1,000 paying customers (pro users and business
+organizations). The reporter runs as cron runs it, a process of its own
+under ``/usr/bin/time -v`` for its peak memory, against
+``tests/stripe_standin.py`` as a process of its own. Afterwards every event
+must have been reported exactly once: the stand-in's totals per customer are
+the backlog's, and nothing is left in the backlog or the outbox.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import text
 
-from bench.record_usage import (
-    BenchmarkError,
-    _admin_engine,
-    _database_url,
-    _drop_database,
-    _recreate_database,
-    admin_database_url,
-)
-from portal.config import normalize_database_url
+from bench import harness as h
+from portal import clock
+from portal.periods import add_months
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MIGRATIONS = PROJECT_ROOT / "migrations"
-BENCH_DATABASE = "portal_bench_reporter"
-API_KEY = "sk_test_benchmark0000000000000000"
-
-INDIVIDUALS = 800
-ORGANIZATIONS = 200
-MEMBERS_PER_ORGANIZATION = 5
+GOAL_RATE = 100_000
+GOAL_MEMORY = 1.2
+SMALL = 10_000
+INDIVIDUALS = 900
+ORGANIZATIONS = 100
+MEMBERS = 10
 CUSTOMERS = INDIVIDUALS + ORGANIZATIONS
-SMALL_BACKLOG = 10_000
-DEFAULT_LARGE_BACKLOG = 1_000_000
-TARGET_EVENTS_PER_SECOND = 50_000
-TARGET_MEMORY_RATIO = 1.2
-REPORTER_TIMEOUT = 1800.0
-"""Seconds a reporter run may take before the benchmark gives up on it."""
+
+# One row per paying customer: who its events belong to (members take turns).
+CUSTOMERS_TABLE = """
+CREATE TABLE bench_customers (
+    c integer PRIMARY KEY, customer text, organization_id integer, plan_id text,
+    members integer[])"""
+BACKLOG = """
+WITH recorded AS (
+    INSERT INTO usage_events (id, user_id, organization_id, plan_id, event_type, quantity,
+        idempotency_key, occurred_at, recorded_at, period_start, period_end)
+    SELECT gen_random_uuid(), c.members[1 + (g / :customers) % cardinality(c.members)],
+        c.organization_id, c.plan_id, 'suggestion', 1 + g % 3, 'bench-' || g,
+        :now - (g % 86400) * interval '1 second', :now - (g % 86400) * interval '1 second',
+        :start, :end
+    FROM generate_series(0, :events - 1) AS g JOIN bench_customers AS c ON c.c = g % :customers
+    RETURNING id, organization_id, user_id, period_start
+)
+INSERT INTO usage_report_backlog (event_id, organization_id, user_id, period_start)
+SELECT id, organization_id, user_id, period_start FROM recorded"""
+TOTALS = """
+INSERT INTO usage_records (user_id, organization_id, period_start, period_end, used, included,
+    plan_id, updated_at)
+SELECT CASE WHEN organization_id IS NULL THEN user_id END, organization_id, period_start,
+    period_end, sum(quantity), CASE plan_id WHEN 'pro' THEN 75 ELSE 100 * :members END,
+    plan_id, max(recorded_at)
+FROM usage_events
+GROUP BY CASE WHEN organization_id IS NULL THEN user_id END, organization_id, period_start,
+    period_end, plan_id"""
+SHARES = """
+INSERT INTO member_usage (organization_id, period_start, user_id, used, last_used_at)
+SELECT organization_id, period_start, user_id, sum(quantity), max(occurred_at)
+FROM usage_events WHERE organization_id IS NOT NULL
+GROUP BY organization_id, period_start, user_id"""
+EMPTY = (
+    "TRUNCATE usage_events, usage_report_backlog, usage_records, member_usage, "
+    "usage_report_batches, usage_report_skips, usage_report_runs"
+)
+REPORTED = """
+SELECT (SELECT count(*) FROM usage_report_backlog),
+    (SELECT count(*) FROM usage_report_batches WHERE status <> 'sent'),
+    (SELECT count(DISTINCT j.value) FROM usage_report_batches AS b,
+        json_array_elements_text(b.event_ids) AS j)"""
+
+
+def accounts(url: str, anchor: datetime) -> None:
+    """The customers: pro users, and business organizations of ``MEMBERS`` members each."""
+    with h.engine(url).begin() as conn:
+        ids = h.bulk_users(conn, "r", INDIVIDUALS + ORGANIZATIONS * MEMBERS, anchor)
+        people, members = ids[:INDIVIDUALS], ids[INDIVIDUALS:]
+        conn.execute(
+            text(
+                "INSERT INTO user_subscriptions (user_id, plan_id, status, stripe_customer_id, "
+                "billing_anchor, created_at) SELECT id, 'pro', 'active', 'cus_u' || id, :anchor, "
+                ":anchor FROM unnest(CAST(:ids AS integer[])) AS id"
+            ),
+            {"ids": people, "anchor": anchor},
+        )
+        orgs = (
+            conn.execute(
+                text(
+                    "INSERT INTO organizations (name, slug, plan_id, seats, subscription_status, "
+                    "stripe_customer_id, billing_anchor, created_at) SELECT 'Org ' || g, "
+                    "'org-' || g, 'business', :members, 'active', 'cus_o' || g, :anchor, :anchor "
+                    "FROM generate_series(1, :count) AS g ORDER BY g RETURNING id"
+                ),
+                {"members": MEMBERS, "anchor": anchor, "count": ORGANIZATIONS},
+            )
+            .scalars()
+            .all()
+        )
+        teams = [members[n * MEMBERS : (n + 1) * MEMBERS] for n in range(ORGANIZATIONS)]
+        conn.execute(
+            text(
+                "INSERT INTO memberships (user_id, organization_id, role, created_at) "
+                "VALUES (:user_id, :org, 'member', :anchor)"
+            ),
+            [
+                {"user_id": u, "org": o, "anchor": anchor}
+                for o, t in zip(orgs, teams, strict=True)
+                for u in t
+            ],
+        )
+        conn.execute(text(CUSTOMERS_TABLE))
+        rows = [(c, f"cus_u{u}", None, "pro", [u]) for c, u in enumerate(people)]
+        rows += [
+            (INDIVIDUALS + n, f"cus_o{n + 1}", o, "business", t)
+            for n, (o, t) in enumerate(zip(orgs, teams, strict=True))
+        ]
+        conn.execute(
+            text("INSERT INTO bench_customers VALUES (:c, :customer, :org, :plan, :members)"),
+            [
+                dict(zip(("c", "customer", "org", "plan", "members"), row, strict=True))
+                for row in rows
+            ],
+        )
+
+
+def backlog(url: str, events: int, now: datetime, anchor: datetime) -> dict[str, int]:
+    """A backlog of ``events`` events, spread evenly over the customers; their totals."""
+    started = time.monotonic()
+    h.execute(
+        url,
+        EMPTY,
+        BACKLOG,
+        TOTALS,
+        SHARES,
+        customers=CUSTOMERS,
+        events=events,
+        now=now,
+        start=anchor,
+        end=add_months(anchor, 1),
+        members=MEMBERS,
+    )
+    h.vacuum(url)
+    h.log(f"backlog of {events:,} events written in {time.monotonic() - started:.1f} s")
+    with h.engine(url).connect() as conn:
+        totals = conn.execute(
+            text(
+                "SELECT c.customer, sum(e.quantity) FROM usage_events AS e JOIN bench_customers "
+                "AS c ON c.organization_id = e.organization_id OR (c.organization_id IS NULL "
+                "AND e.organization_id IS NULL AND c.members[1] = e.user_id) GROUP BY 1"
+            )
+        )
+        return {customer: int(total) for customer, total in totals}
+
+
+@contextlib.contextmanager
+def standin() -> Iterator[tuple[str, int, dict[str, int]]]:
+    """The stand-in as a process: its URL and pid; after the block, the totals it received."""
+    port = h.free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.stripe_standin", "--port", str(port)],
+        cwd=h.ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    received: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + h.SERVER_START_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError):
+                h.request(port, "GET", "/")
+                break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise h.BenchError("the Stripe stand-in did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", process.pid, received
+    finally:
+        process.terminate()  # it prints what it received as it stops
+        out, _ = process.communicate(timeout=60)
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    if "totals: " not in last:
+        raise h.BenchError(f"the Stripe stand-in said: {out[-500:]}")
+    received.update(ast.literal_eval(last.split("totals: ", 1)[1]))
 
 
 @dataclass(frozen=True)
-class RunResult:
-    backlog: int
-    processes: int
-    events_reported: int
-    meter_events: int
-    duration_s: float
-    """The reporters' own measure, from the start to the last summary."""
-    wall_s: float
-    """The processes, start-up and interpreter exit included."""
-    peak_rss_mb: float
-    """The largest of the processes' peaks."""
+class Reported:
+    summary: dict[str, Any]
+    peak_kb: int
+    cpu: h.CpuUse
+    """The "server" is the stand-in; the client, the reporter."""
 
     @property
-    def events_per_second(self) -> float:
-        return self.events_reported / self.duration_s if self.duration_s else 0.0
+    def rate(self) -> float:
+        return float(self.summary["events_reported"] / self.summary["duration_s"])
 
 
-def _large_backlog() -> int:
-    raw = os.environ.get("BENCH_REPORTER_EVENTS", "").strip()
-    if not raw:
-        return DEFAULT_LARGE_BACKLOG
-    if not raw.isdigit() or int(raw) < SMALL_BACKLOG:
-        raise BenchmarkError(f"BENCH_REPORTER_EVENTS must be a number >= {SMALL_BACKLOG}")
-    return int(raw)
+def report(url: str, events: int, expected: dict[str, int]) -> Reported:
+    """One ``flask report-usage --json`` run, its peak memory and CPU, checked exactly."""
+    with standin() as (base, pid, received):
+        env = {**h.server_environment(url), "STRIPE_API_KEY": "sk_test_" + "b" * 24}
+        env["STRIPE_API_BASE"] = base
+        command = [sys.executable, "-m", "flask", "--app", "wsgi", "report-usage", "--json"]
+        meter = h.CpuMeter(pid)
+        out, peak = h.run_measuring_memory(command, env, timeout=900)
+        cpu = meter.stop(f"report-usage, {events:,} events")
+    summary = json.loads(out.strip().splitlines()[-1])
+    waiting, unsent, listed = h.query(url, REPORTED)
+    value = sum(expected.values())
+    problems = []
+    if (summary["claimed"], summary["events_reported"], summary["value_sent"]) != (
+        events,
+        events,
+        value,
+    ):
+        problems.append(f"summary {summary}")
+    if (waiting, unsent, listed) != (0, 0, events):
+        problems.append(f"{waiting} left in the backlog, {unsent} batches unsent, {listed} listed")
+    if received != expected:
+        wrong = sum(
+            1 for c in expected.keys() | received.keys() if expected.get(c) != received.get(c)
+        )
+        problems.append(f"the stand-in's totals differ for {wrong} customers")
+    if problems:
+        raise h.BenchError(f"report-usage on {events:,} events: " + "; ".join(problems))
+    reported = Reported(summary, peak, cpu)
+    h.log(f"report-usage: {events:,} events at {reported.rate:,.0f} events/s, {peak:,} kB")
+    return reported
 
 
-def prepare_accounts(database_url: str, now: datetime) -> None:
-    """Migrate the scratch database and create the 1,000 customers' accounts in bulk."""
-    from flask_migrate import upgrade
-
-    from portal import create_app
-
-    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
-    with app.app_context():
-        upgrade(directory=str(MIGRATIONS))
-        from portal.extensions import db
-
-        db.engine.dispose()
+def run() -> h.Section:
+    now = clock.now()
     anchor = now - timedelta(days=10)
-    members = ORGANIZATIONS * MEMBERS_PER_ORGANIZATION
-    engine = create_engine(normalize_database_url(database_url))
-    try:
-        with engine.begin() as conn:
-            params = {"anchor": anchor, "individuals": INDIVIDUALS, "members": members}
-            conn.execute(
-                text(
-                    "INSERT INTO users (id, email, display_name, created_at) "
-                    "SELECT g, 'bench' || g || '@example.com', 'Bench ' || g, :anchor "
-                    "FROM generate_series(1, :individuals + :members) AS g"
-                ),
-                params,
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO user_subscriptions (user_id, plan_id, status, "
-                    "stripe_customer_id, billing_anchor, created_at) "
-                    "SELECT g, 'pro', 'active', 'cus_bench_user' || g, :anchor, :anchor "
-                    "FROM generate_series(1, :individuals) AS g"
-                ),
-                params,
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO organizations (id, name, slug, plan_id, seats, "
-                    "subscription_status, stripe_customer_id, billing_anchor, created_at) "
-                    "SELECT g, 'Org ' || g, 'org-' || g, 'business', :seats, 'active', "
-                    "'cus_bench_org' || g, :anchor, :anchor "
-                    "FROM generate_series(1, :organizations) AS g"
-                ),
-                {**params, "seats": MEMBERS_PER_ORGANIZATION, "organizations": ORGANIZATIONS},
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO memberships (user_id, organization_id, role, created_at) "
-                    "SELECT :individuals + g, (g - 1) / :per_org + 1, 'member', :anchor "
-                    "FROM generate_series(1, :members) AS g"
-                ),
-                {**params, "per_org": MEMBERS_PER_ORGANIZATION},
-            )
-    finally:
-        engine.dispose()
-
-
-def generate_backlog(engine: Engine, events: int, now: datetime) -> None:
-    """Empty the reporting state and write ``events`` pending events, spread evenly.
-
-    Event g goes to customer g mod 1,000: customers below 800 are
-    individual users, the rest organizations (their members take turns).
-    """
-    anchor = now - timedelta(days=10)
-    from portal.periods import add_months
-
-    period_end = add_months(anchor, 1)
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "TRUNCATE usage_events, usage_report_backlog, usage_report_batches, "
-                "usage_report_skips, usage_report_runs"
-            )
-        )
-        # Each event goes into the reporter's backlog with it, as recording does.
-        conn.execute(
-            text(
-                """
-                WITH recorded AS (
-                    INSERT INTO usage_events (id, user_id, organization_id, plan_id, event_type,
-                        quantity, idempotency_key, occurred_at, recorded_at, period_start,
-                        period_end)
-                    SELECT gen_random_uuid(),
-                        CASE WHEN c < :individuals THEN c + 1
-                            ELSE :individuals + (c - :individuals) * :per_org
-                                + (g / :customers) % :per_org + 1 END,
-                        CASE WHEN c < :individuals THEN NULL ELSE c - :individuals + 1 END,
-                        CASE WHEN c < :individuals THEN 'pro' ELSE 'business' END,
-                        'suggestion', 1 + g % 3, 'bench-' || g,
-                        :now - (g % 172800) * interval '1 second',
-                        :now - (g % 172800) * interval '1 second',
-                        :period_start, :period_end
-                    FROM (SELECT g, g % :customers AS c FROM generate_series(0, :events - 1) AS g) s
-                    RETURNING id, organization_id, user_id, period_start
-                )
-                INSERT INTO usage_report_backlog (event_id, organization_id, user_id, period_start)
-                SELECT id, organization_id, user_id, period_start FROM recorded
-                """
-            ),
-            {
-                "individuals": INDIVIDUALS,
-                "per_org": MEMBERS_PER_ORGANIZATION,
-                "customers": CUSTOMERS,
-                "events": events,
-                "now": now,
-                "period_start": anchor,
-                "period_end": period_end,
-            },
-        )
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE usage_events, usage_report_backlog"))
-
-
-def run_reporters(database_url: str, standin_url: str, backlog: int, processes: int) -> RunResult:
-    """``flask report-usage --json`` in ``processes`` children at once; summaries and memory."""
-    env = {
-        **os.environ,
-        "PORTAL_ENV": "development",
-        "DATABASE_URL": database_url,
-        "STRIPE_API_KEY": API_KEY,
-        "STRIPE_API_BASE": standin_url,
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "flask",
-        "--app",
-        "wsgi",
-        "report-usage",
-        "--json",
-        "--max-seconds",
-        str(int(REPORTER_TIMEOUT)),
-    ]
-    started = time.perf_counter()
-    children = [
-        subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for _ in range(processes)
-    ]
-    summaries = []
-    peak_kb = 0
-    for child in children:
-        # wait4 gives this child's own resource usage, peak memory included.
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        peak_kb = max(peak_kb, usage.ru_maxrss)  # kilobytes on Linux
-        assert child.stdout is not None and child.stderr is not None
-        out, err = child.stdout.read().decode(), child.stderr.read().decode()
-        if child.returncode != 0:
-            raise BenchmarkError(
-                f"report-usage exited {child.returncode}: {(err or out).strip()[-2000:]}"
-            )
-        summaries.append(json.loads(out))
-    wall = time.perf_counter() - started
-    return RunResult(
-        backlog=backlog,
-        processes=processes,
-        events_reported=sum(summary["events_reported"] for summary in summaries),
-        meter_events=sum(summary["batches_sent"] for summary in summaries),
-        duration_s=max(summary["duration_s"] for summary in summaries),
-        wall_s=wall,
-        peak_rss_mb=peak_kb / 1024,
+    large = h.settings().report_events
+    runs = {}
+    with h.scratch_database("reporter") as url:
+        accounts(url, anchor)
+        for events in (SMALL, large):
+            expected = backlog(url, events, now, anchor)
+            h.settle()
+            runs[events] = report(url, events, expected)
+    small, big = runs[SMALL], runs[large]
+    growth = big.peak_kb / small.peak_kb
+    verdict = h.Verdict(
+        f"`report-usage`, {large:,}-event backlog",
+        f"≥ {GOAL_RATE:,} events/s; peak memory {large:,} vs {SMALL:,} ≤ {GOAL_MEMORY:g}×",
+        f"{big.rate:,.0f} events/s; {big.peak_kb / 1024:,.0f} MB ({growth:.2f}×)",
+        f"{SMALL:,} events: {small.peak_kb / 1024:,.0f} MB",
+        big.rate >= GOAL_RATE and growth <= GOAL_MEMORY,
     )
+    rows = [
+        [
+            f"{events:,}",
+            run.summary["duration_s"],
+            run.rate,
+            run.summary["batches_sent"],
+            run.peak_kb / 1024,
+            f"{run.cpu.client:.1f} / {run.cpu.postgres:.1f} / {run.cpu.server:.1f}",
+        ]
+        for events, run in runs.items()
+    ]
+    header = ["Backlog (events)", "Run (s)", "Events/s", "Meter events sent", "Peak RSS (MB)"]
+    figures = h.table([*header, "CPU s: reporter / PostgreSQL / stand-in"], rows)
+    body = f"""`flask report-usage --json` (its defaults: claims of 10,000 events, 4 senders)
+against `tests/stripe_standin.py` run as a process, on backlogs of {SMALL:,} and {large:,}
+events written set-based for {INDIVIDUALS} pro users and {ORGANIZATIONS} business
+organizations of {MEMBERS} members ({CUSTOMERS:,} Stripe customers), all in the current
+billing period.
 
+{figures}
 
-def verify(engine: Engine, standin: object, backlog: int) -> None:
-    """Every event reported, and Stripe holding exactly each customer's usage."""
-    with engine.connect() as conn:
-        # Reported: listed by a sent batch, each event once; nothing left anywhere else.
-        reported, distinct, waiting, unsent = conn.execute(
-            text(
-                "SELECT COUNT(*), COUNT(DISTINCT j.value), "
-                "(SELECT COUNT(*) FROM usage_report_backlog), "
-                "(SELECT COUNT(*) FROM usage_report_batches WHERE status <> 'sent') "
-                "FROM usage_report_batches AS b, json_array_elements_text(b.event_ids) AS j "
-                "WHERE b.status = 'sent'"
-            )
-        ).one()
-        expected = dict(
-            conn.execute(
-                text(
-                    "SELECT COALESCE(o.stripe_customer_id, s.stripe_customer_id), "
-                    "SUM(e.quantity) FROM usage_events e "
-                    "LEFT JOIN organizations o ON o.id = e.organization_id "
-                    "LEFT JOIN user_subscriptions s ON e.organization_id IS NULL "
-                    "AND s.user_id = e.user_id GROUP BY 1"
-                )
-            ).all()
-        )
-    if (reported, distinct, waiting, unsent) != (backlog, backlog, 0, 0):
-        raise BenchmarkError(
-            f"of {backlog} events, {reported} are listed by sent batches ({distinct} distinct), "
-            f"{waiting} still wait in the backlog and {unsent} batches are not sent"
-        )
-    totals = standin.totals()  # type: ignore[attr-defined]
-    if totals != expected:
-        wrong = sum(1 for c in expected if totals.get(c) != expected[c])
-        raise BenchmarkError(f"the stand-in's totals differ from the usage for {wrong} customers")
+Events/s is the summary's `events_reported` over its `duration_s` (the run itself, without
+the process's start-up). Peak RSS is `/usr/bin/time -v`'s "Maximum resident set size" of the
+whole `flask` process: memory must not grow with the backlog, only with the claim size.
+Checked after each run: the summary claimed and reported every event with its whole value,
+nothing is left in the backlog or unsent in the outbox, the sent batches list each event
+once, and the stand-in's totals per customer equal the backlog's.
 
-
-def check() -> None:
-    """Fail before any benchmark runs if this one cannot: settings and the server."""
-    _large_backlog()
-    admin = _admin_engine(admin_database_url())
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except OperationalError as error:
-        raise BenchmarkError(f"cannot connect to PostgreSQL: {error.orig}") from None
-    finally:
-        admin.dispose()
-
-
-def run() -> str:
-    """Run the benchmark and return its markdown section."""
-    sys.path.insert(0, str(PROJECT_ROOT))
-    from tests.stripe_standin import StripeStandIn
-
-    large = _large_backlog()
-    admin_url = admin_database_url()
-    admin = _admin_engine(admin_url)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except OperationalError as error:
-        admin.dispose()
-        raise BenchmarkError(f"cannot connect to PostgreSQL: {error.orig}") from None
-    database_url = _database_url(admin_url, BENCH_DATABASE)
-    now = datetime.now(UTC)
-    results: list[RunResult] = []
-    try:
-        _recreate_database(admin, BENCH_DATABASE)
-        _log("migrating and creating 1,000 customers")
-        prepare_accounts(database_url, now)
-        engine = create_engine(normalize_database_url(database_url))
-        try:
-            for backlog, processes in ((SMALL_BACKLOG, 1), (large, 1), (large, 2)):
-                _log(f"generating a backlog of {backlog:,} events")
-                started = time.perf_counter()
-                generate_backlog(engine, backlog, datetime.now(UTC))
-                _log(f"  generated in {time.perf_counter() - started:.1f} s; reporting")
-                # Stand-in without the request log or the per-request delay:
-                # the benchmark measures the reporter, not the stand-in.
-                with StripeStandIn(
-                    api_key=API_KEY, record_requests=False, processing_delay=0
-                ).running() as standin:
-                    result = run_reporters(database_url, standin.url, backlog, processes)
-                    verify(engine, standin, backlog)
-                _log(
-                    f"  {processes} run(s): {result.events_reported:,} events in "
-                    f"{result.meter_events:,} meter "
-                    f"events, {result.duration_s:.1f} s, {result.events_per_second:,.0f} events/s, "
-                    f"peak {result.peak_rss_mb:.0f} MB"
-                )
-                results.append(result)
-        finally:
-            engine.dispose()
-    finally:
-        try:
-            _drop_database(admin, BENCH_DATABASE)
-        except OperationalError as error:
-            _log(f"could not drop database {BENCH_DATABASE}: {error.orig}")
-        admin.dispose()
-    return render(results)
-
-
-HEADER = (
-    "| Backlog (events) | Runs at once | Reported | Meter events sent | Reporter time (s) "
-    "| Wall time (s) | Events/s | Events per meter event | Peak memory per run (MB) |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-)
-
-
-def render(results: list[RunResult]) -> str:
-    small, large, shared = results
-    ratio = large.peak_rss_mb / small.peak_rss_mb
-    rows = "\n".join(
-        f"| {r.backlog:,} | {r.processes} | {r.events_reported:,} | {r.meter_events:,} | "
-        f"{r.duration_s:.1f} | {r.wall_s:.1f} | **{r.events_per_second:,.0f}** | "
-        f"{r.events_reported / r.meter_events if r.meter_events else 0:,.0f} | "
-        f"{r.peak_rss_mb:.0f} |"
-        for r in results
-    )
-    best = max(large.events_per_second, shared.events_per_second)
-    speed_ok = best >= TARGET_EVENTS_PER_SECOND
-    memory_ok = ratio <= TARGET_MEMORY_RATIO
-    return f"""## Reporting usage to Stripe (`flask report-usage`)
-
-`bench/reporter.py`: a backlog of pending usage events over {CUSTOMERS:,} Stripe customers
-({INDIVIDUALS} pro users, {ORGANIZATIONS} business organizations of
-{MEMBERS_PER_ORGANIZATION} members), reported by `flask report-usage --json` in processes of
-their own (default `--batch-size` and `--senders`) to the Stripe stand-in of the test
-suite, through the real `stripe` library over HTTP on loopback. Afterwards every event is
-reported and the stand-in holds exactly each customer's usage (checked).
-
-{HEADER}
-{rows}
-
-- Throughput on the {large.backlog:,}-event backlog: **{large.events_per_second:,.0f} events/s**
-  with one run, **{shared.events_per_second:,.0f} events/s** with two runs at once
-  (target ≥ {TARGET_EVENTS_PER_SECOND:,}): {"met" if speed_ok else "**missed**"}.
-- Peak memory, {large.backlog:,} vs {small.backlog:,} events: **{ratio:.2f}×**
-  (target ≤ {TARGET_MEMORY_RATIO}×): {"met" if memory_ok else "**missed**"}. A run claims
-  at most one batch of events at a time, so its memory does not grow with the backlog.
-- Events/s counts from the reporters' start to their last summary; the wall time adds the
-  Python processes' start-up and exit. Aggregation sends one meter event per customer,
-  billing period and claim, so Stripe calls number in the thousands. Reporting writes no
-  usage event: a claim locks a chunk of the backlog queue (`FOR UPDATE SKIP LOCKED`),
-  deletes it and writes one batch row per customer and period listing its events, and
-  sending a batch rewrites that one row. The claim's lookup of each event by primary key
-  and the queue rows' deletion are most of the database's work. Senders send while the
-  run claims its next chunk, so one run puts both cores to work.
-- The backlog is generated as recording writes it: each event with its row in
-  `usage_report_backlog`, in one statement.
-- Other work shares this 2-core machine while benchmarks run, so figures vary by tens of
-  percent from one run to the next.
-"""
-
-
-def _log(message: str) -> None:
-    print(f"[reporter] {message}", file=sys.stderr, flush=True)
-
-
-if __name__ == "__main__":
-    try:
-        print(run())
-    except BenchmarkError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+Where the time goes (CPU seconds of each process, start-up included, from `/proc`): the
+reporter sends one meter event per customer and period, {CUSTOMERS:,} here whatever the
+backlog, each through the `stripe` library, so its own CPU hardly grows with the backlog;
+each claim of 10,000 events is one SQL statement PostgreSQL runs (lock, delete, look up and
+group the events, write the batches), so PostgreSQL's CPU grows with the backlog, and the
+claims, one after another, set the pace of a large run.
+{h.busy_note([run.cpu for run in runs.values()])}"""
+    return h.Section("Reporting usage to Stripe", [verdict], body)
