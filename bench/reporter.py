@@ -6,7 +6,7 @@ running totals in ``usage_records`` and the members' shares in
 ``member_usage``, for 1,000 paying customers (pro users and business
 organizations). The reporter runs as cron runs it, a process of its own
 under ``/usr/bin/time -v`` for its peak memory, against
-``tests/stripe_standin.py`` as a process of its own. Afterwards every event
+``tests/stripe_standin/`` as a process of its own. Afterwards every event
 must have been reported exactly once: the stand-in's totals per customer are
 the backlog's, and nothing is left in the backlog or the outbox.
 """
@@ -272,7 +272,7 @@ def run() -> h.Section:
     header = ["Backlog (events)", "Run (s)", "Events/s", "Meter events sent", "Peak RSS (MB)"]
     figures = h.table([*header, "CPU s: reporter / PostgreSQL / stand-in"], rows)
     body = f"""`flask report-usage --json` (its defaults: claims of 10,000 events, 4 senders)
-against `tests/stripe_standin.py` run as a process, on backlogs of {SMALL:,} and {large:,}
+against `tests/stripe_standin/` run as a process, on backlogs of {SMALL:,} and {large:,}
 events written set-based for {INDIVIDUALS} pro users and {ORGANIZATIONS} business
 organizations of {MEMBERS} members ({CUSTOMERS:,} Stripe customers), all in the current
 billing period.
