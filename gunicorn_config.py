@@ -29,13 +29,15 @@ limit_request_field_size = 8190
 
 def on_starting(server: object) -> None:
     """Refuse to start without what serving pages needs (``SECRET_KEY``, ``DATABASE_URL``)."""
-    from portal.config import ConfigError, check_serving
+    from portal.config import ConfigError, check_serving, serving_warnings
 
     try:
         check_serving(os.environ)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    for warning in serving_warnings(os.environ, server.cfg.workers):  # type: ignore[attr-defined]
+        print(f"configuration warning: {warning}", file=sys.stderr)
 
 
 def post_worker_init(worker: object) -> None:

@@ -134,6 +134,20 @@ def check_serving(environ: Mapping[str, str]) -> None:
         raise ConfigError("DATABASE_URL is required to serve in production")
 
 
+def serving_warnings(environ: Mapping[str, str], workers: int) -> list[str]:
+    """What the production server should say at start-up about a set-up that runs but is weak."""
+    if _environment(environ) != "production" or workers < 2:
+        return []
+    storage = environ.get("RATE_LIMIT_STORAGE_URL", "").strip() or "memory://"
+    if not storage.startswith("memory://"):
+        return []
+    return [
+        f"rate limits are counted in each of the {workers} workers' memory, so a client gets "
+        f"up to {workers} times each limit (sign-in attempts included): set "
+        "RATE_LIMIT_STORAGE_URL=redis://… to count them once"
+    ]
+
+
 def _environment(environ: Mapping[str, str]) -> str:
     env = environ.get("PORTAL_ENV", "production").strip() or "production"
     if env not in ENVIRONMENTS:

@@ -14,8 +14,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from gunicorn.config import Config
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -191,6 +193,31 @@ def test_production_refuses_to_start_without_what_serving_needs(
     )
     assert started.returncode == 2
     assert f"configuration error: {message}" in started.stderr
+
+
+@pytest.mark.parametrize(
+    ("workers", "storage", "warned"),
+    [(5, "", True), (5, "memory://", True), (1, "", False), (5, "redis://127.0.0.1:6379/0", False)],
+)
+def test_production_warns_when_each_worker_would_count_the_limits_alone(
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    storage: str,
+    warned: bool,
+) -> None:
+    """Five workers each counting in memory would let a client try five times as many passwords."""
+    environment = production_environment(
+        SECRET_KEY=SECRET, DATABASE_URL=database_url, RATE_LIMIT_STORAGE_URL=storage
+    )
+    monkeypatch.setattr(os, "environ", environment)
+    config = runpy.run_path(str(ROOT / "gunicorn_config.py"))
+    gunicorn_config = Config()
+    gunicorn_config.set("workers", workers)
+    config["on_starting"](SimpleNamespace(cfg=gunicorn_config))
+    warning = f"up to {workers} times each limit (sign-in attempts included)"
+    assert (warning in capsys.readouterr().err) is warned
 
 
 def test_production_workers_take_their_start_up_objects_out_of_garbage_collection() -> None:
