@@ -82,6 +82,8 @@ ROLES = ("admin", "member")
 REPORT_SKIP_REASONS = ("not_billable", "free_plan", "no_customer", "already_reported")
 REPORT_BATCH_STATUSES = ("pending", "sent", "failed")
 REPORT_RUN_OUTCOMES = ("running", "ok", "incomplete", "failed", "error")
+NOTIFICATION_CHANNELS = ("email", "webhook")
+NOTIFICATION_STATUSES = ("pending", "sending", "handed_over", "sent", "failed", "cancelled")
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -120,6 +122,8 @@ class Organization(StripeBillingPeriod, db.Model):  # type: ignore[name-defined,
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
     billing_anchor: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    pool_alerts: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+    """Whether the pool's thresholds are announced (to its admins, and members who ask)."""
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="organization")
 
@@ -499,3 +503,84 @@ class UsageReportBatch(db.Model):  # type: ignore[name-defined,misc]
 
     Deferred: up to a claim's worth of ids, read by SQL only.
     """
+
+
+class UsageAlert(db.Model):  # type: ignore[name-defined,misc]
+    """A billing subject's usage crossed a threshold (80, 95 or 100 %) in one period.
+
+    One row per running total (``usage_records``) and threshold, at most: the
+    unique key is what makes each crossing announced once. The figures are
+    those seen when it was found, so every message and retry says the same.
+    """
+
+    __tablename__ = "usage_alerts"
+    __table_args__ = (
+        UniqueConstraint("usage_record_id", "threshold"),
+        CheckConstraint("threshold IN (80, 95, 100)", name="threshold"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    usage_record_id: Mapped[int] = mapped_column(ForeignKey("usage_records.id", ondelete="CASCADE"))
+    threshold: Mapped[int] = mapped_column(Integer)
+    plan_id: Mapped[str] = mapped_column(String(32))
+    used: Mapped[int] = mapped_column(BigInteger)
+    included: Mapped[int] = mapped_column(BigInteger)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Notification(db.Model):  # type: ignore[name-defined,misc]
+    """One message about one alert to one person on one channel: the notifications outbox.
+
+    ``id`` is the event id the message carries (the webhook's ``id``, the
+    email's ``Message-ID``), the same on every attempt. ``status`` moves
+    ``pending`` -> ``sending`` (leased by one run) -> ``sent``; an email is
+    ``handed_over`` while the SMTP server holds all of it but the final dot
+    (see docs/architecture.md). ``failed`` is permanent; ``cancelled`` means
+    no longer wanted (the channel was turned off, the period ended).
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("alert_id", "recipient_id", "channel"),
+        CheckConstraint(_one_of("channel", NOTIFICATION_CHANNELS), name="channel"),
+        CheckConstraint(_one_of("status", NOTIFICATION_STATUSES), name="status"),
+        Index(
+            "ix_notifications_due",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending', 'sending')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True, default=new_event_id)
+    alert_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("usage_alerts.id", ondelete="CASCADE")
+    )
+    recipient_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    channel: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    """When a run may take it: the first attempt at once, retries after a back-off; while
+    ``sending``, when the lease of the run that took it runs out."""
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class NotificationPreference(db.Model):  # type: ignore[name-defined,misc]
+    """What a user wants to hear; a user without a row has the defaults."""
+
+    __tablename__ = "notification_preferences"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    email: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+    webhook: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+    pool_alerts: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    """A member's wish to hear about the organization's pool (its admins always do)."""
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
