@@ -25,6 +25,7 @@ from portal.billing import cli as billing_cli
 from portal.billing import subscription_cli
 from portal.extensions import db
 from portal.models import Organization
+from portal.notify import cli as notify_cli
 from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
 from portal.sessions import end_sessions_of
 
@@ -256,3 +257,4 @@ def init_app(app: Flask) -> None:
         app.cli.add_command(command)
     billing_cli.init_app(app)
     subscription_cli.init_app(app)
+    notify_cli.init_app(app)

@@ -41,6 +41,8 @@ from portal.billing.settings import (
 from portal.billing.status import ReportingStatus, RunInfo, reporting_status
 from portal.config import ConfigError
 from portal.extensions import db
+from portal.notify.status import notification_status
+from portal.notify.status import status_lines as notification_lines
 
 PREVIEW_LINES_SHOWN = 50
 
@@ -253,13 +255,15 @@ def _echo_preview(preview: ReportPreview, as_json: bool) -> None:
 @click.command("usage-status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def usage_status_command(as_json: bool) -> None:
-    """Show the reporting backlog, failed batches and the last successful run."""
+    """Show the reporting backlog, failed batches, the last successful run and notifications."""
     status = reporting_status(_session(), clock.now())
+    notifications = notification_status(_session())
     db.session.rollback()
     if as_json:
-        click.echo(encoding.dumps(status.as_dict(), sort_keys=True))
+        document = {**status.as_dict(), "notifications": notifications.as_dict()}
+        click.echo(encoding.dumps(document, sort_keys=True))
         return
-    for line in status_lines(status):
+    for line in [*status_lines(status), *notification_lines(notifications)]:
         click.echo(line)
 
 

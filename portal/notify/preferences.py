@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from portal.models import NotificationPreference, Organization
+from portal.models import Membership, NotificationPreference, Organization
 
 UNSUBSCRIBE_SALT = "portal.notifications.unsubscribe"
 
@@ -67,6 +68,30 @@ def turn_email_off(session: Session, user_id: int, now: datetime) -> None:
         Preferences(email=False, webhook=current.webhook, pool_alerts=current.pool_alerts),
         now,
     )
+
+
+@dataclass(frozen=True)
+class PoolMembership:
+    """An organization whose pool the user draws on, and what they hear of it."""
+
+    name: str
+    slug: str
+    admin: bool
+    announced: bool
+    """Whether the organization's admins let its pool be announced at all."""
+
+
+def pool_memberships(session: Session, user_id: int) -> list[PoolMembership]:
+    rows = session.execute(
+        select(Organization.name, Organization.slug, Membership.role, Organization.pool_alerts)
+        .join(Membership, Membership.organization_id == Organization.id)
+        .where(Membership.user_id == user_id)
+        .order_by(Organization.name)
+    )
+    return [
+        PoolMembership(name=name, slug=slug, admin=role == "admin", announced=announced)
+        for name, slug, role, announced in rows
+    ]
 
 
 def set_pool_alerts(session: Session, organization: Organization, enabled: bool) -> None:

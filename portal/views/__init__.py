@@ -8,7 +8,17 @@ from flask_login import current_user
 from portal import assets
 from portal.access import administered_organizations
 from portal.extensions import csrf, db
-from portal.views import auth, billing, errors, formatting, health, orgs, security, usage
+from portal.views import (
+    auth,
+    billing,
+    errors,
+    formatting,
+    health,
+    notifications,
+    orgs,
+    security,
+    usage,
+)
 
 
 def init_app(app: Flask) -> None:
@@ -16,7 +26,7 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     assets.init_app(app)
     formatting.init_app(app)
-    for module in (health, auth, usage, orgs, billing):
+    for module in (health, auth, usage, orgs, billing, notifications):
         app.register_blueprint(module.blueprint)
     errors.register_error_handlers(app)
 

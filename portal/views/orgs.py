@@ -114,7 +114,12 @@ def usage(slug: str) -> str:
     )
     if summary.rows == [] and page > summary.page_count:
         abort(404)
-    context = {"summary": summary, "periods": periods, "period": period}
+    context = {
+        "summary": summary,
+        "periods": periods,
+        "period": period,
+        "pool_alerts": org.pool_alerts,
+    }
     partial = request.headers.get("HX-Request") and not request.headers.get(
         "HX-History-Restore-Request"
     )

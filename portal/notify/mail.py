@@ -1,0 +1,156 @@
+"""Email over SMTP (the standard library's ``smtplib`` and ``email``), handed over with care.
+
+An SMTP server takes responsibility for a message when it answers the final
+dot of the DATA command. A run that dies after that answer and before it
+records the send would, on a naive retry, send the message again; one that
+records first and dies before the dot would lose it. So the delivery is in
+two steps (RFC 1047's advice): everything but the final dot is written,
+then the message is recorded ``handed_over`` and committed, then the dot is
+sent. A run that dies before the record leaves the server with a transaction
+it never completed, which it discards, and the message is sent again later;
+one that dies after it leaves a message the server has, and the outbox counts
+it as sent. Only a crash in the instant between the commit and the dot
+leaves a message recorded and not sent, the one case no protocol closes.
+``smtplib.SMTP.data`` writes the message and the dot in one call, so the two
+steps here use its lower-level ``docmd``/``send``/``getreply``.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+from collections.abc import Callable
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, parseaddr
+
+from portal.notify.delivery import Delivered, Outcome
+from portal.notify.messages import AlertMessage, Links, Rendered
+from portal.notify.settings import MailSettings
+
+TIMEOUT_SECONDS = 15.0
+"""For each network operation of a delivery; the outbox's lease outlasts a delivery."""
+
+
+def compose(
+    message: AlertMessage, rendered: Rendered, links: Links, settings: MailSettings
+) -> EmailMessage:
+    """The email: plain text and HTML, and the headers that let a mailbox unsubscribe at once."""
+    email = EmailMessage(policy=SMTP)
+    email["From"] = settings.sender
+    email["To"] = Address(display_name=message.recipient_name, addr_spec=message.recipient_email)
+    email["Subject"] = rendered.subject
+    email["Date"] = format_datetime(message.detected_at)
+    # The event id: a retried message is the same message, and mail systems know it by this.
+    email["Message-ID"] = f"<{message.event_id}@{_domain(settings.sender)}>"
+    email["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to it
+    email["List-Unsubscribe"] = f"<{links.unsubscribe}>"
+    email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058
+    email.set_content(rendered.text)
+    email.add_alternative(rendered.html, subtype="html")
+    return email
+
+
+def send(settings: MailSettings, email: EmailMessage, on_handover: Callable[[], None]) -> Delivered:
+    """Deliver one email; ``on_handover`` records it just before the final dot."""
+    handover = _Handover(on_handover)
+    try:
+        smtp = _connect(settings)
+    except smtplib.SMTPResponseException as error:
+        return _answered(error.smtp_code, error.smtp_error)
+    except (smtplib.SMTPException, OSError) as error:  # refused, timed out, no TLS
+        return Delivered(Outcome.RETRY, f"SMTP server unreachable: {_words(error)}")
+    try:
+        return _transact(smtp, settings, email, handover)
+    except smtplib.SMTPResponseException as error:
+        return _answered(error.smtp_code, error.smtp_error)
+    except (smtplib.SMTPException, OSError) as error:  # dropped, timed out
+        if handover.dot_sent:
+            return Delivered(
+                Outcome.SENT,
+                f"the server had the whole message but did not confirm it ({_words(error)}); "
+                "counted as sent",
+            )
+        return Delivered(Outcome.RETRY, f"SMTP connection lost: {_words(error)}")
+    finally:
+        # No QUIT: after the dot the server has the message, and before it a QUIT would
+        # be read as part of the message. Closing ends an unfinished transaction.
+        smtp.close()
+
+
+class _Handover:
+    def __init__(self, record: Callable[[], None]) -> None:
+        self.record = record
+        self.dot_sent = False
+
+
+def _connect(settings: MailSettings) -> smtplib.SMTP:
+    context = ssl.create_default_context()
+    if settings.implicit_tls:
+        return smtplib.SMTP_SSL(
+            settings.host, settings.port, timeout=TIMEOUT_SECONDS, context=context
+        )
+    smtp = smtplib.SMTP(settings.host, settings.port, timeout=TIMEOUT_SECONDS)
+    smtp.ehlo()
+    if smtp.has_extn("starttls"):
+        smtp.starttls(context=context)
+        smtp.ehlo()
+    elif settings.username:
+        smtp.close()
+        # Never a password over a connection anyone on the path can read.
+        raise smtplib.SMTPNotSupportedError(
+            "the server offers no STARTTLS, and credentials are only sent encrypted"
+        )
+    return smtp
+
+
+def _transact(
+    smtp: smtplib.SMTP,
+    settings: MailSettings,
+    email: EmailMessage,
+    handover: _Handover,
+) -> Delivered:
+    if settings.username:
+        smtp.login(settings.username, settings.password or "")
+    sender = parseaddr(settings.sender)[1]
+    for command, argument, accepted in (
+        (smtp.mail, sender, (250,)),
+        (smtp.rcpt, str(email["To"].addresses[0].addr_spec), (250, 251)),
+    ):
+        code, reply = command(argument)
+        if code not in accepted:
+            return _answered(code, reply)
+    code, reply = smtp.docmd("DATA")
+    if code != 354:
+        return _answered(code, reply)
+    smtp.send(_dot_stuffed(email.as_bytes()))
+    handover.record()
+    smtp.send(b".\r\n")
+    handover.dot_sent = True
+    code, reply = smtp.getreply()
+    if code != 250:
+        return _answered(code, reply)
+    return Delivered(Outcome.SENT)
+
+
+def _answered(code: int, reply: bytes | str) -> Delivered:
+    """An SMTP reply other than success: 4xx may pass, 5xx will not (RFC 5321)."""
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else reply
+    outcome = Outcome.RETRY if 400 <= code < 500 else Outcome.FAILED
+    return Delivered(outcome, f"SMTP {code}: {text}")
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """The DATA payload: lines starting with a dot doubled (RFC 5321 4.5.2), ending in CRLF."""
+    stuffed = re.sub(rb"(?m)^\.", b"..", message)
+    return stuffed if stuffed.endswith(b"\r\n") else stuffed + b"\r\n"
+
+
+def _words(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+def _domain(sender: str) -> str:
+    return parseaddr(sender)[1].rpartition("@")[2] or "localhost"

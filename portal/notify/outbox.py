@@ -1,0 +1,219 @@
+"""The notifications outbox: lease due messages to one run, then settle each.
+
+A run leases a message (``sending``, with ``next_attempt_at`` as the lease's
+end) in a committed statement before it delivers it, skipping rows another
+run holds, so two runs never send the same message. A run that dies leaves
+its lease to run out; the message is then due again, with the same event id.
+An email whose SMTP transaction got as far as the final dot is
+``handed_over`` first: if the run dies then, the message is counted as sent
+and never sent again (see ``mail`` and docs/architecture.md).
+
+Failures that may pass (a timeout, SMTP 4xx, HTTP 5xx or 429) are retried
+after a back-off (``RETRY_AFTER``); the rest (SMTP 5xx, HTTP 4xx) fail at
+once, for ``flask usage-status`` to show.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from portal.models import Membership, Notification, Organization, UsageAlert, UsageRecord, User
+from portal.notify.crossings import recipients
+from portal.notify.messages import AlertMessage
+from portal.plans import UsageFigures, get_plan, warning_level
+from portal.usage.subjects import SubjectKind
+
+LEASE = timedelta(minutes=2)
+"""How long a run holds a message it took: longer than any one delivery may take."""
+RETRY_AFTER = (
+    timedelta(minutes=1),
+    timedelta(minutes=5),
+    timedelta(minutes=15),
+    timedelta(hours=1),
+    timedelta(hours=3),
+    timedelta(hours=6),
+)
+"""The wait before each retry; after the last, the message fails."""
+MAX_ATTEMPTS = len(RETRY_AFTER) + 1
+
+
+def settle_handed_over(session: Session, now: datetime) -> int:
+    """Count as sent the emails a run handed over and then did not live to confirm; commits."""
+    result = session.execute(
+        update(Notification)
+        .where(Notification.status == "handed_over", Notification.next_attempt_at <= now)
+        .values(
+            status="sent",
+            finished_at=now,
+            last_error="the run ended before the SMTP server's answer was recorded; "
+            "the server had the whole message, so it is counted as sent",
+        )
+    )
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def lease_due(session: Session, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Take up to ``limit`` due messages for this run; commits, so the lease holds."""
+    due = (
+        select(Notification.id)
+        .where(Notification.status.in_(("pending", "sending")), Notification.next_attempt_at <= now)
+        .order_by(Notification.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    leased = list(
+        session.scalars(
+            update(Notification)
+            .where(Notification.id.in_(due.scalar_subquery()))
+            .values(
+                status="sending",
+                attempts=Notification.attempts + 1,
+                next_attempt_at=now + LEASE,
+            )
+            .returning(Notification.id)
+        )
+    )
+    session.commit()
+    return leased
+
+
+def leased_messages(
+    session: Session, ids: list[uuid.UUID], now: datetime
+) -> tuple[list[AlertMessage], dict[uuid.UUID, str]]:
+    """The messages to deliver, and why each of the others is no longer wanted.
+
+    A message is no longer wanted when its recipient turned the channel off,
+    the pool was silenced, the recipient left or was disabled since it was
+    written (the question ``crossings`` asked when it wrote it), or when its
+    period is over: "80 % used" about a period that has ended would mislead.
+    """
+    if not ids:
+        return [], {}
+    rows = session.execute(
+        select(Notification, UsageAlert, User, Organization, Membership.role)
+        .join(UsageAlert, UsageAlert.id == Notification.alert_id)
+        .join(UsageRecord, UsageRecord.id == UsageAlert.usage_record_id)
+        .join(User, User.id == Notification.recipient_id)
+        .outerjoin(Organization, Organization.id == UsageRecord.organization_id)
+        .outerjoin(
+            Membership,
+            (Membership.organization_id == Organization.id) & (Membership.user_id == User.id),
+        )
+        .where(Notification.id.in_(ids))
+    ).all()
+    alert_ids = list({row.UsageAlert.id for row in rows})
+    wanted_now = recipients(alert_ids).subquery()
+    wanted = {
+        (row.alert_id, row.user_id, channel)
+        for row in session.execute(select(wanted_now))
+        for channel in ("email", "webhook")
+        if getattr(row, channel)
+    }
+    messages: list[AlertMessage] = []
+    unwanted: dict[uuid.UUID, str] = {}
+    for notification, alert, user, organization, role in rows:
+        if (alert.id, user.id, notification.channel) not in wanted:
+            unwanted[notification.id] = "no longer wanted: turned off, or the recipient left"
+            continue
+        if alert.period_end <= now:
+            unwanted[notification.id] = "the billing period ended before it could be sent"
+            continue
+        figures = UsageFigures(get_plan(alert.plan_id), alert.used, alert.included)
+        messages.append(
+            AlertMessage(
+                event_id=notification.id,
+                channel=notification.channel,
+                attempt=notification.attempts,
+                threshold=alert.threshold,
+                level=warning_level(alert.used, alert.included),
+                figures=figures,
+                period_start=alert.period_start,
+                period_end=alert.period_end,
+                detected_at=alert.detected_at,
+                subject_kind=SubjectKind.ORGANIZATION if organization else SubjectKind.USER,
+                subject_id=organization.id if organization else user.id,
+                organization_name=organization.name if organization else None,
+                organization_slug=organization.slug if organization else None,
+                recipient_id=user.id,
+                recipient_email=user.email,
+                recipient_name=user.display_name,
+                recipient_manages_billing=organization is None or role == "admin",
+            )
+        )
+    session.rollback()
+    return messages, unwanted
+
+
+def _settle(session: Session, ids: list[uuid.UUID], **values: object) -> None:
+    """Move messages this run holds on; commits. A message no run holds is left alone."""
+    session.execute(
+        update(Notification)
+        .where(Notification.id.in_(ids), Notification.status.in_(("sending", "handed_over")))
+        .values(**values)
+    )
+    session.commit()
+
+
+def mark_handed_over(session: Session, notification_id: uuid.UUID) -> None:
+    _settle(session, [notification_id], status="handed_over")
+
+
+def mark_sent(
+    session: Session, notification_id: uuid.UUID, now: datetime, note: str | None = None
+) -> None:
+    _settle(session, [notification_id], status="sent", finished_at=now, last_error=note)
+
+
+def release(session: Session, ids: list[uuid.UUID]) -> None:
+    """Give back messages this run leased and did not get to: due again at once, uncounted."""
+    _settle(
+        session,
+        ids,
+        status="pending",
+        attempts=Notification.attempts - 1,
+        next_attempt_at=Notification.next_attempt_at - LEASE,
+    )
+
+
+def mark_failed(session: Session, notification_id: uuid.UUID, now: datetime, error: str) -> None:
+    _settle(session, [notification_id], status="failed", finished_at=now, last_error=error)
+
+
+def mark_cancelled(session: Session, reasons: dict[uuid.UUID, str], now: datetime) -> None:
+    for reason in set(reasons.values()):
+        ids = [notification_id for notification_id, why in reasons.items() if why == reason]
+        _settle(session, ids, status="cancelled", finished_at=now, last_error=reason)
+
+
+def retry_later(
+    session: Session, notification_id: uuid.UUID, attempts: int, now: datetime, error: str
+) -> bool:
+    """Put a message back for a later attempt, or fail it after the last; whether it will retry."""
+    if attempts >= MAX_ATTEMPTS:
+        mark_failed(session, notification_id, now, f"gave up after {attempts} attempts: {error}")
+        return False
+    _settle(
+        session,
+        [notification_id],
+        status="pending",
+        next_attempt_at=now + RETRY_AFTER[attempts - 1],
+        last_error=error,
+    )
+    return True
+
+
+def requeue_failed(session: Session, now: datetime) -> int:
+    """Put failed messages of periods not over yet back in the outbox, attempts anew; commits."""
+    running = select(UsageAlert.id).where(UsageAlert.period_end > now)
+    result = session.execute(
+        update(Notification)
+        .where(Notification.status == "failed", Notification.alert_id.in_(running))
+        .values(status="pending", attempts=0, next_attempt_at=now, finished_at=None)
+    )
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
