@@ -122,9 +122,17 @@ def verified_event(
 
 
 def _signature_timestamp(header: str) -> float:
-    """The ``t=`` of a ``Stripe-Signature`` header (already verified to hold one)."""
-    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    return float(fields["t"])
+    """The ``t=`` of a ``Stripe-Signature`` header: the one the library signed with.
+
+    The library checks the HMAC against the header's first ``t``; the age must
+    be read from that same ``t``, or a stale signature could be made to look
+    fresh by appending a later one. Stripe sends exactly one, so a header with
+    several is refused.
+    """
+    stamps = [part[2:] for part in header.split(",") if part.startswith("t=")]
+    if len(stamps) != 1:
+        raise ValueError(f"the signature header has {len(stamps)} timestamps, not one")
+    return float(stamps[0])
 
 
 class StripeBilling:

@@ -243,6 +243,32 @@ def test_replayed_reordered_and_badly_signed_events(
     assert session.scalar(select(func.count()).select_from(StripeEvent)) == 3
 
 
+def test_a_stale_signature_cannot_be_made_fresh_with_a_second_timestamp(
+    app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn, clock: FrozenClock
+) -> None:
+    user = make_user(session, password=PASSWORD)
+    session.commit()
+    completed, _ = standin.complete_checkout(
+        checkout(signed_in(user.email), "/billing/checkout", "pro")
+    )
+    an_hour_ago = int(clock().timestamp()) - 3600
+    body, headers = standin.signed_delivery(completed, SECRET, timestamp=an_hour_ago)
+    stale = headers["Stripe-Signature"]
+
+    def post(signature: str) -> Any:
+        return app.test_client().post(
+            "/stripe/webhook", data=body, headers={"Stripe-Signature": signature}
+        )
+
+    # The library checks the HMAC with the first t=; the age is read from that one too.
+    assert post(stale).status_code == 400
+    assert post(f"{stale},t={int(clock().timestamp())}").status_code == 400
+    fresh = standin.signed_delivery(completed, SECRET)[1]["Stripe-Signature"]
+    assert post(f"{fresh},t={int(clock().timestamp())}").status_code == 400  # two t=: refused
+    assert session.scalar(select(func.count()).select_from(StripeEvent)) == 0
+    assert post(fresh).status_code == 200
+
+
 def test_without_a_webhook_secret_the_endpoint_is_not_there(
     app: Flask, standin: StripeStandIn
 ) -> None:
