@@ -1,7 +1,8 @@
 """Reconciling with Stripe: ``flask sync-subscriptions`` repairs what a lost webhook left stale.
 
 It lists every subscription of the Stripe account and applies each exactly
-as a webhook would (``billing.subscriptions``): applying the same state
+as a webhook would (``billing.subscriptions``, whose ``supersedes`` decides
+which of a subject's subscriptions it follows): applying the same state
 twice changes nothing, so the command may run as often as wanted (cron,
 daily). Events still pending (Stripe could not be asked when they came) are
 settled by the same pass.
@@ -21,14 +22,28 @@ from sqlalchemy.orm import Session
 from portal.billing.subscriptions import (
     NotUnderstood,
     Outcome,
+    SubscriptionSource,
     apply_subscription,
     read_subscription,
 )
 from portal.models import StripeEvent
 
 
-class SubscriptionLister(Protocol):
+class SubscriptionLister(SubscriptionSource, Protocol):
     def list_subscriptions(self) -> Iterator[Mapping[str, Any]]: ...
+
+
+class _Listed:
+    """Stripe as the listing showed it: subscriptions already listed are not fetched again."""
+
+    def __init__(self, stripe: SubscriptionSource) -> None:
+        self._stripe = stripe
+        self.seen: dict[str, Mapping[str, Any]] = {}
+
+    def retrieve_subscription(self, subscription_id: str) -> Mapping[str, Any] | None:
+        if subscription_id in self.seen:
+            return self.seen[subscription_id]
+        return self._stripe.retrieve_subscription(subscription_id)
 
 
 @dataclass
@@ -36,16 +51,16 @@ class SyncSummary:
     """What one reconciliation found and did."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
-    """Subscriptions per outcome: applied (changed), unchanged, unmatched, failed."""
+    """Subscriptions per outcome: applied (changed), unchanged, ignored, unmatched, failed."""
     problems: list[str] = field(default_factory=list)
-    """One line per unmatched or failed subscription."""
+    """One line per subscription that should govern a subject and does not."""
     changes: list[str] = field(default_factory=list)
     """One line per subscription whose subject changed."""
     pending_settled: int = 0
 
     @property
     def exit_code(self) -> int:
-        """0: everything matched; 1: something is unmatched or failed."""
+        """0: every subscription that should govern a subject does; 1: a problem."""
         return 1 if self.problems else 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,16 +81,21 @@ def sync_subscriptions(session: Session, stripe: SubscriptionLister, now: dateti
     applied that the caller does not commit.
     """
     summary = SyncSummary()
+    listed = _Listed(stripe)
     for stripe_object in stripe.list_subscriptions():
+        listed.seen[str(stripe_object.get("id"))] = stripe_object
         try:
             subscription = read_subscription(stripe_object)
         except NotUnderstood as error:
             summary.outcomes[Outcome.FAILED] += 1
             summary.problems.append(f"{stripe_object.get('id')}: {error}")
             continue
-        applied = apply_subscription(session, subscription)
-        summary.outcomes[applied.outcome] += 1
-        if applied.outcome in (Outcome.UNMATCHED, Outcome.FAILED):
+        applied = apply_subscription(session, subscription, listed)
+        outcome = applied.outcome
+        summary.outcomes[outcome] += 1
+        if outcome in (Outcome.UNMATCHED, Outcome.FAILED) or (
+            outcome is Outcome.IGNORED and subscription.is_live
+        ):
             summary.problems.append(f"{subscription.id}: {applied.message}")
         elif applied.changes:
             changed = ", ".join(

@@ -8,7 +8,10 @@ retries for days. So:
 - an event about a subscription is not applied as it was when the event was
   made: the subscription's current state is fetched from Stripe and applied.
   An older event arriving after a newer one then applies the newer state
-  again, which changes nothing, instead of undoing it;
+  again, which changes nothing, instead of undoing it; and an event about a
+  subscription its subject no longer follows (an old, canceled one; the older
+  of two paid Checkouts) is ``ignored`` by ``subscriptions.supersedes``, the
+  rule ``flask sync-subscriptions`` applies too;
 - an event about a customer the portal does not know is acknowledged and
   kept as ``unmatched`` for an operator (``flask stripe-status``);
 - when Stripe cannot be asked, the event stays ``pending``: Stripe delivers it
@@ -20,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -31,6 +34,7 @@ from portal.billing.subscriptions import (
     NotUnderstood,
     Outcome,
     SubjectRef,
+    SubscriptionSource,
     apply_subscription,
     read_subscription,
 )
@@ -43,17 +47,6 @@ SUBSCRIPTION_EVENTS = (
     "customer.subscription.trial_will_end",
 )
 CHECKOUT_COMPLETED = "checkout.session.completed"
-
-
-class SubscriptionSource(Protocol):
-    """Where a subscription's current state comes from (Stripe, or its stand-in)."""
-
-    def retrieve_subscription(self, subscription_id: str) -> Mapping[str, Any] | None:
-        """The subscription as Stripe has it now; ``None`` if Stripe does not know it.
-
-        Raises ``StripeUnavailable`` when Stripe cannot be asked.
-        """
-        ...
 
 
 @dataclass(frozen=True)
@@ -94,9 +87,10 @@ def handle_event(
     if current is None:
         return _settle(record, "failed", now, f"Stripe does not know {subscription_id}")
     try:
-        applied = apply_subscription(session, read_subscription(current), named=named)
+        subscription = read_subscription(current)
     except NotUnderstood as error:
         return _settle(record, "failed", now, str(error))
+    applied = apply_subscription(session, subscription, stripe, named=named)
     return _settle(record, str(applied.outcome), now, _describe(applied))
 
 

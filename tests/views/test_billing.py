@@ -348,12 +348,82 @@ def test_a_lost_webhook_is_repaired_by_sync_subscriptions(
     assert json.loads(again.output)["outcomes"] == {
         "applied": 0,
         "unchanged": 1,
+        "ignored": 0,
         "unmatched": 0,
         "failed": 0,
     }
     app.config["STRIPE_API_KEY"] = None
     without_key = runner.invoke(args=["sync-subscriptions"], env={"STRIPE_API_KEY": ""})
     assert without_key.exit_code == 2 and "STRIPE_API_KEY" in without_key.output
+
+
+def resubscribed(
+    app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn
+) -> tuple[int, dict[str, Any]]:
+    """A user who took Starter, canceled it at once, then Pro: the user's id and the
+    cancellation's event."""
+    user = make_user(session, password=PASSWORD)
+    session.commit()
+    browser = signed_in(user.email)
+    starter = subscribe(app, standin, browser, "starter")
+    canceled = standin.cancel(starter)
+    assert deliver(app, standin, canceled).status_code == 200
+    subscribe(app, standin, browser, "pro")
+    assert check_usage(session, user.id, clock.now()).plan.id == "pro"
+    return user.id, canceled
+
+
+def test_sync_keeps_a_resubscribed_user_on_the_new_subscription(
+    app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn
+) -> None:
+    user_id, _ = resubscribed(app, session, standin, signed_in)
+    # Stripe lists newest first: the canceled Starter comes last.
+    synced = app.test_cli_runner().invoke(args=["sync-subscriptions", "--json"])
+    assert synced.exit_code == 0, synced.output
+    summary = json.loads(synced.output)
+    assert (summary["outcomes"]["unchanged"], summary["outcomes"]["ignored"]) == (1, 1)
+    session.expire_all()
+    assert check_usage(session, user_id, clock.now()).plan.id == "pro"
+
+
+def test_a_late_event_about_an_old_subscription_changes_nothing(
+    app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn
+) -> None:
+    user_id, canceled = resubscribed(app, session, standin, signed_in)
+    retried = dict(canceled, id="evt_a_later_event_about_the_old_subscription")
+    answer = deliver(app, standin, retried)
+    assert (answer.status_code, json.loads(answer.data)["outcome"]) == (200, "ignored")
+    session.expire_all()
+    assert check_usage(session, user_id, clock.now()).plan.id == "pro"
+    row = session.get(StripeEvent, retried["id"])
+    assert row is not None and "has ended" in str(row.message)
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_a_checkout_paid_twice_follows_the_newest_subscription_and_tells_an_operator(
+    app: Flask,
+    session: Session,
+    standin: StripeStandIn,
+    signed_in: SignIn,
+    clock: FrozenClock,
+    newest_first: bool,
+) -> None:
+    user = make_user(session, password=PASSWORD)
+    session.commit()
+    browser = signed_in(user.email)
+    first, second = (checkout(browser, "/billing/checkout", plan) for plan in ("starter", "pro"))
+    older = standin.complete_checkout(first)
+    clock.advance(timedelta(seconds=1))
+    newer = standin.complete_checkout(second)
+    for event in (*newer, *older) if newest_first else (*older, *newer):
+        assert deliver(app, standin, event).status_code == 200
+    session.expire_all()
+    assert check_usage(session, user.id, clock()).plan.id == "pro"
+    synced = app.test_cli_runner().invoke(args=["sync-subscriptions", "--json"])
+    summary = json.loads(synced.output)
+    assert synced.exit_code == 1 and "two live subscriptions" in summary["problems"][0]
+    session.expire_all()
+    assert check_usage(session, user.id, clock()).plan.id == "pro"
 
 
 def test_usage_reaches_the_meter_once_across_an_upgrade_mid_period(
