@@ -6,6 +6,12 @@ which of a subject's subscriptions it follows): applying the same state
 twice changes nothing, so the command may run as often as wanted (cron,
 daily). Events still pending (Stripe could not be asked when they came) are
 settled by the same pass.
+
+Stripe lists subscriptions of every status, newest first, years of them. An
+ended one that no subject follows is ignored, not a problem: the account's
+history. Problems (exit 1) are subscriptions that should govern someone and
+do not: live ones nobody holds, ones the portal cannot read, a live one
+older than another live one of the same subject (the customer pays twice).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from portal.billing.subscriptions import (
     apply_subscription,
     read_subscription,
 )
-from portal.models import StripeEvent
+from portal.models import LIVE_SUBSCRIPTION_STATUSES, StripeEvent
 
 
 class SubscriptionLister(SubscriptionSource, Protocol):
@@ -87,11 +93,15 @@ def sync_subscriptions(session: Session, stripe: SubscriptionLister, now: dateti
         try:
             subscription = read_subscription(stripe_object)
         except NotUnderstood as error:
-            summary.outcomes[Outcome.FAILED] += 1
-            summary.problems.append(f"{stripe_object.get('id')}: {error}")
+            ended = stripe_object.get("status") not in LIVE_SUBSCRIPTION_STATUSES
+            summary.outcomes[Outcome.IGNORED if ended else Outcome.FAILED] += 1
+            if not ended:
+                summary.problems.append(f"{stripe_object.get('id')}: {error}")
             continue
         applied = apply_subscription(session, subscription, listed)
         outcome = applied.outcome
+        if outcome in (Outcome.UNMATCHED, Outcome.FAILED) and not subscription.is_live:
+            outcome = Outcome.IGNORED  # history: it governs nobody whatever the portal does
         summary.outcomes[outcome] += 1
         if outcome in (Outcome.UNMATCHED, Outcome.FAILED) or (
             outcome is Outcome.IGNORED and subscription.is_live

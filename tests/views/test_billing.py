@@ -426,6 +426,22 @@ def test_a_checkout_paid_twice_follows_the_newest_subscription_and_tells_an_oper
     assert check_usage(session, user.id, clock()).plan.id == "pro"
 
 
+def test_sync_ignores_the_ended_subscriptions_of_customers_the_portal_never_had(
+    app: Flask, session: Session, standin: StripeStandIn
+) -> None:
+    for email in ("gone@elsewhere.example", "also-gone@elsewhere.example"):
+        _, created = standin.complete_checkout(standin_checkout(standin, customer_email=email))
+        standin.cancel(created["data"]["object"]["id"])
+    runner = app.test_cli_runner()
+    history = runner.invoke(args=["sync-subscriptions", "--json"])
+    assert history.exit_code == 0, history.output
+    assert json.loads(history.output)["outcomes"]["ignored"] == 2
+    # A live subscription nobody holds is still one to look at.
+    standin.complete_checkout(standin_checkout(standin, customer_email="new@elsewhere.example"))
+    live = runner.invoke(args=["sync-subscriptions", "--json"])
+    assert live.exit_code == 1 and len(json.loads(live.output)["problems"]) == 1
+
+
 def test_usage_reaches_the_meter_once_across_an_upgrade_mid_period(
     app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn, clock: FrozenClock
 ) -> None:
