@@ -21,6 +21,7 @@ from typing import Any
 import stripe
 
 from portal.billing.gateway import Delivery, DeliveryStatus, MeterEvent
+from portal.billing.gateway import StripeUnavailable as StripeUnavailable  # the pages catch it
 from portal.billing.settings import StripeSettings
 
 DEFAULT_TIMEOUT_SECONDS = 20.0
@@ -82,10 +83,6 @@ class StripeMeterEventGateway:
             None,
             response.request_id if response else None,
         )
-
-
-class StripeUnavailable(RuntimeError):
-    """Stripe could not be asked (network, timeout, 5xx, a refused key); try again later."""
 
 
 class InvalidSignature(ValueError):
@@ -151,6 +148,18 @@ class StripeBilling:
         """The subscription as Stripe has it now; ``None`` if Stripe does not know it."""
         try:
             found = self._client.v1.subscriptions.retrieve(subscription_id)
+        except stripe.InvalidRequestError as error:
+            if error.http_status == 404:
+                return None
+            raise StripeUnavailable(_message(error)) from None
+        except stripe.StripeError as error:
+            raise StripeUnavailable(_message(error)) from None
+        return dict(found.to_dict())
+
+    def retrieve_event(self, event_id: str) -> dict[str, Any] | None:
+        """The event as Stripe keeps it (30 days); ``None`` if Stripe does not know it."""
+        try:
+            found = self._client.v1.events.retrieve(event_id)
         except stripe.InvalidRequestError as error:
             if error.http_status == 404:
                 return None

@@ -4,8 +4,10 @@ It lists every subscription of the Stripe account and applies each exactly
 as a webhook would (``billing.subscriptions``, whose ``supersedes`` decides
 which of a subject's subscriptions it follows): applying the same state
 twice changes nothing, so the command may run as often as wanted (cron,
-daily). Events still pending (Stripe could not be asked when they came) are
-settled by the same pass.
+daily). Then each event still pending (Stripe could not be asked when it
+came) is handled as its delivery would have been, with its real outcome
+(``webhooks.handle_pending_events``); ``--pending-only`` does just that,
+cheaply enough to run every few minutes.
 
 Stripe lists subscriptions of every status, newest first, years of them. An
 ended one that no subject follows is ignored, not a problem: the account's
@@ -22,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from portal.billing.subscriptions import (
@@ -32,10 +33,11 @@ from portal.billing.subscriptions import (
     apply_subscription,
     read_subscription,
 )
-from portal.models import LIVE_SUBSCRIPTION_STATUSES, StripeEvent
+from portal.billing.webhooks import EventSource, handle_pending_events
+from portal.models import LIVE_SUBSCRIPTION_STATUSES
 
 
-class SubscriptionLister(SubscriptionSource, Protocol):
+class SubscriptionLister(EventSource, Protocol):
     def list_subscriptions(self) -> Iterator[Mapping[str, Any]]: ...
 
 
@@ -62,7 +64,8 @@ class SyncSummary:
     """One line per subscription that should govern a subject and does not."""
     changes: list[str] = field(default_factory=list)
     """One line per subscription whose subject changed."""
-    pending_settled: int = 0
+    pending_events: Counter[str] = field(default_factory=Counter)
+    """Events that were still pending, per the outcome they got now."""
 
     @property
     def exit_code(self) -> int:
@@ -75,18 +78,31 @@ class SyncSummary:
             "outcomes": {str(outcome): self.outcomes[str(outcome)] for outcome in Outcome},
             "changes": self.changes,
             "problems": self.problems,
-            "pending_events_settled": self.pending_settled,
+            "pending_events": dict(self.pending_events),
             "exit_code": self.exit_code,
         }
 
 
-def sync_subscriptions(session: Session, stripe: SubscriptionLister, now: datetime) -> SyncSummary:
-    """Apply every subscription Stripe has; the caller commits.
+def sync_subscriptions(
+    session: Session, stripe: SubscriptionLister, now: datetime, *, pending_only: bool = False
+) -> SyncSummary:
+    """Apply every subscription Stripe has, then handle the events still pending.
 
-    ``StripeUnavailable`` from the listing goes to the caller, with nothing
-    applied that the caller does not commit.
+    ``pending_only`` skips the listing. The caller commits. ``StripeUnavailable``
+    from the listing goes to the caller, with nothing applied that the caller
+    does not commit; a pending event Stripe cannot be asked about stays
+    pending, and is a problem.
     """
     summary = SyncSummary()
+    if not pending_only:
+        _apply_listed(session, stripe, summary)
+    pending = handle_pending_events(session, stripe, now)
+    summary.pending_events = pending.outcomes
+    summary.problems.extend(pending.left)
+    return summary
+
+
+def _apply_listed(session: Session, stripe: SubscriptionLister, summary: SyncSummary) -> None:
     listed = _Listed(stripe)
     for stripe_object in stripe.list_subscriptions():
         listed.seen[str(stripe_object.get("id"))] = stripe_object
@@ -112,11 +128,3 @@ def sync_subscriptions(session: Session, stripe: SubscriptionLister, now: dateti
                 f"{name} {before} -> {after}" for name, (before, after) in applied.changes.items()
             )
             summary.changes.append(f"{subscription.id} ({applied.subject}): {changed}")
-    settled = session.execute(
-        update(StripeEvent)
-        .where(StripeEvent.outcome == "pending")
-        .values(outcome="applied", processed_at=now, message="settled by sync-subscriptions")
-        .execution_options(synchronize_session=False)
-    )
-    summary.pending_settled = int(settled.rowcount)  # type: ignore[attr-defined]
-    return summary

@@ -15,20 +15,23 @@ retries for days. So:
 - an event about a customer the portal does not know is acknowledged and
   kept as ``unmatched`` for an operator (``flask stripe-status``);
 - when Stripe cannot be asked, the event stays ``pending``: Stripe delivers it
-  again, and ``flask sync-subscriptions`` retries it.
+  again, and ``flask sync-subscriptions`` handles it (``handle_pending_events``:
+  the event fetched from Stripe, then handled exactly as a delivery is).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from portal.billing.gateway import StripeUnavailable
 from portal.billing.subscriptions import (
     Applied,
     NotUnderstood,
@@ -92,6 +95,62 @@ def handle_event(
         return _settle(record, "failed", now, str(error))
     applied = apply_subscription(session, subscription, stripe, named=named)
     return _settle(record, str(applied.outcome), now, _describe(applied))
+
+
+class EventSource(SubscriptionSource, Protocol):
+    def retrieve_event(self, event_id: str) -> Mapping[str, Any] | None:
+        """The event as Stripe keeps it (30 days); ``None`` if Stripe does not know it.
+
+        Raises ``StripeUnavailable`` when Stripe cannot be asked.
+        """
+        ...
+
+
+@dataclass
+class PendingHandled:
+    """What became of the events that were still pending."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """Events per outcome, as ``handle_event`` names them."""
+    left: list[str] = field(default_factory=list)
+    """One line per event still pending: Stripe could not be asked again."""
+
+
+def handle_pending_events(session: Session, stripe: EventSource, now: datetime) -> PendingHandled:
+    """Handle each event still pending, exactly as its delivery would have; the caller commits.
+
+    An event stays pending when Stripe could not be asked while its delivery
+    was handled. Each is fetched from Stripe again (its copy carries what
+    the delivery carried: the Checkout's subject) and goes through
+    ``handle_event``, which fetches its subscription's current state and
+    records the real outcome. Rows a delivery is handling right now are
+    locked, and skipped: that delivery settles them. Each event is handled in
+    a savepoint, so one Stripe cannot answer for stays pending, untouched.
+    """
+    handled = PendingHandled()
+    pending = session.scalars(
+        select(StripeEvent.id)
+        .where(StripeEvent.outcome == "pending")
+        .order_by(StripeEvent.created_at, StripeEvent.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for event_id in pending:
+        try:
+            with session.begin_nested():
+                event = stripe.retrieve_event(event_id)
+                if event is None:
+                    record = session.get(StripeEvent, event_id)
+                    assert record is not None  # locked above
+                    outcome = _settle(
+                        record, "failed", now, "Stripe no longer has this event (30 days)"
+                    ).outcome
+                else:
+                    outcome = handle_event(session, event, stripe, now).outcome
+        except StripeUnavailable as error:
+            handled.left.append(f"{event_id}: still pending, Stripe could not be asked ({error})")
+            continue
+        handled.outcomes[outcome] += 1
+    return handled
 
 
 def _record(session: Session, event: Mapping[str, Any], now: datetime) -> StripeEvent | None:

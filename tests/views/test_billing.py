@@ -503,6 +503,49 @@ def test_an_event_stripe_cannot_be_asked_about_stays_pending_until_delivered_aga
     assert check_usage(session, user.id, clock.now()).plan.id == "pro"
 
 
+def test_sync_handles_each_pending_event_and_records_its_real_outcome(
+    app: Flask,
+    session: Session,
+    standin: StripeStandIn,
+    signed_in: SignIn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from portal.billing.stripe_client import StripeBilling, StripeUnavailable
+
+    user = make_user(session, password=PASSWORD)
+    session.commit()
+    ours, _ = standin.complete_checkout(checkout(signed_in(user.email), "/billing/checkout", "pro"))
+    strangers, _ = standin.complete_checkout(
+        standin_checkout(standin, customer_email="stranger@elsewhere.example")
+    )
+    retrieve = StripeBilling.retrieve_subscription
+
+    def unreachable(self: StripeBilling, subscription_id: str) -> Any:
+        raise StripeUnavailable("connection refused")
+
+    monkeypatch.setattr(StripeBilling, "retrieve_subscription", unreachable)
+    for event in (ours, strangers):
+        deliver(app, standin, event)
+    runner = app.test_cli_runner()
+    # Stripe lists, but cannot be asked about one subscription: the events stay
+    # pending, said to be, rather than marked applied unhandled.
+    still = runner.invoke(args=["sync-subscriptions", "--json"])
+    assert still.exit_code == 1
+    assert sum("still pending" in line for line in json.loads(still.output)["problems"]) == 2
+    assert set(session.scalars(select(StripeEvent.outcome))) == {"pending"}
+
+    monkeypatch.setattr(StripeBilling, "retrieve_subscription", retrieve)
+    synced = runner.invoke(args=["sync-subscriptions", "--pending-only", "--json"])
+    assert synced.exit_code == 0  # the unmatched one is for stripe-status, as a delivery's is
+    assert json.loads(synced.output)["pending_events"] == {"unchanged": 1, "unmatched": 1}
+    session.expire_all()
+    assert check_usage(session, user.id, clock.now()).plan.id == "pro"
+    outcomes = dict(session.execute(select(StripeEvent.id, StripeEvent.outcome)).tuples().all())
+    assert outcomes == {ours["id"]: "applied", strangers["id"]: "unmatched"}
+    again = runner.invoke(args=["sync-subscriptions", "--pending-only", "--json"])
+    assert json.loads(again.output)["pending_events"] == {}
+
+
 def test_the_organization_page_offers_billing_to_its_admins(
     app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn
 ) -> None:
