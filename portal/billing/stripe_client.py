@@ -91,8 +91,11 @@ class InvalidSignature(ValueError):
 
 WEBHOOK_TOLERANCE_SECONDS = 300
 """Stripe's own default: a signature older than five minutes is refused (replays)."""
-WEBHOOK_FETCH_TIMEOUT_SECONDS = 3.0
-"""A webhook handler fetches the subscription it is about; Stripe waits for its answer."""
+PAGE_TIMEOUT_SECONDS = 3.0
+"""Starting Checkout or the Billing Portal: a person waits on the page."""
+WEBHOOK_FETCH_TIMEOUT_SECONDS = 0.8
+"""A webhook delivery fetches the subscription it is about, and answers within a second:
+past this the event stays pending for ``sync-subscriptions``."""
 
 
 def verified_event(
@@ -140,7 +143,7 @@ class StripeBilling:
 
     @classmethod
     def from_settings(
-        cls, settings: StripeSettings, *, timeout: float = WEBHOOK_FETCH_TIMEOUT_SECONDS
+        cls, settings: StripeSettings, *, timeout: float = PAGE_TIMEOUT_SECONDS
     ) -> StripeBilling:
         return cls(build_stripe_client(settings, timeout=timeout))
 

@@ -254,15 +254,16 @@ def apply_subscription(
         row = _locked(
             session, select(UserSubscription).where(UserSubscription.user_id == subject.id)
         )
-        if row is None:
-            row = UserSubscription(user_id=subject.id)
-            session.add(row)
-        held_status = row.status
+        held_status = row.status if row is not None else None
         fields = {"status": subscription.status}
-    held = _held(row.stripe_subscription_id, held_status, subscription, stripe)
-    refused = supersedes(subscription, held)
+    held_id = row.stripe_subscription_id if row is not None else None
+    # Stripe may be asked here: nothing is written before it answers.
+    refused = supersedes(subscription, _held(held_id, held_status, subscription, stripe))
     if refused is not None:
         return Applied(Outcome.IGNORED, subject, message=refused)
+    if row is None:
+        row = UserSubscription(user_id=subject.id)
+        session.add(row)
     fields |= {
         "plan_id": subscription.plan.id,
         "stripe_customer_id": subscription.customer_id,

@@ -14,9 +14,13 @@ retries for days. So:
   rule ``flask sync-subscriptions`` applies too;
 - an event about a customer the portal does not know is acknowledged and
   kept as ``unmatched`` for an operator (``flask stripe-status``);
-- when Stripe cannot be asked, the event stays ``pending``: Stripe delivers it
-  again, and ``flask sync-subscriptions`` handles it (``handle_pending_events``:
-  the event fetched from Stripe, then handled exactly as a delivery is).
+- a delivery is answered within a second (Stripe counts a slow answer as a
+  failure): it asks Stripe once (``OneRequest``), with a short timeout. When
+  Stripe cannot be asked, or would have to be asked twice, the event stays
+  ``pending`` and the delivery is acknowledged all the same; ``flask
+  sync-subscriptions`` (``--pending-only``, every few minutes) then handles it
+  (``handle_pending_events``: the event fetched from Stripe, then handled
+  exactly as a delivery is).
 """
 
 from __future__ import annotations
@@ -57,14 +61,40 @@ class Handled:
     """What became of one delivery."""
 
     outcome: str
-    """``applied``, ``unchanged``, ``ignored``, ``unmatched``, ``failed``, or ``replayed``."""
+    """``applied``, ``unchanged``, ``ignored``, ``unmatched``, ``failed``, ``replayed``, or
+    ``pending`` (Stripe could not be asked: left for ``sync-subscriptions``)."""
     message: str = ""
+
+
+class OneRequest:
+    """Stripe for one webhook delivery: a single request, then ``StripeUnavailable``.
+
+    Handling an event takes one request (the subscription's current state);
+    a second is needed only when a subject holds another live subscription
+    (``subscriptions.supersedes``). Rather than risk a second timeout inside
+    the second Stripe waits for, that rare event is left pending for
+    ``sync-subscriptions``.
+    """
+
+    def __init__(self, stripe: SubscriptionSource) -> None:
+        self._stripe = stripe
+        self._asked = False
+
+    def retrieve_subscription(self, subscription_id: str) -> Mapping[str, Any] | None:
+        if self._asked:
+            raise StripeUnavailable("a delivery asks Stripe once; sync-subscriptions finishes it")
+        self._asked = True
+        return self._stripe.retrieve_subscription(subscription_id)
 
 
 def handle_event(
     session: Session, event: Mapping[str, Any], stripe: SubscriptionSource, now: datetime
 ) -> Handled:
-    """Handle one verified event, once; the caller commits (whatever is raised, too)."""
+    """Handle one verified event, once; the caller commits.
+
+    ``pending`` when Stripe could not be asked: the row stays pending, for
+    ``handle_pending_events``.
+    """
     record = _record(session, event, now)
     if record is None:
         return Handled("replayed")
@@ -82,18 +112,22 @@ def handle_event(
     if not isinstance(subscription_id, str):
         return _settle(record, "ignored", now, "no subscription")
     record.stripe_subscription_id = subscription_id
-    # StripeUnavailable goes to the caller, with the event still pending.
-    current = stripe.retrieve_subscription(subscription_id)
-    if current is None:
-        # Stripe no longer has it (test data deleted, say): the event's copy is all there is.
-        current = obj if record.type in SUBSCRIPTION_EVENTS else None
-    if current is None:
-        return _settle(record, "failed", now, f"Stripe does not know {subscription_id}")
     try:
-        subscription = read_subscription(current)
-    except NotUnderstood as error:
-        return _settle(record, "failed", now, str(error))
-    applied = apply_subscription(session, subscription, stripe, named=named)
+        current = stripe.retrieve_subscription(subscription_id)
+        if current is None:
+            # Stripe no longer has it (test data deleted, say): the event's copy is all there is.
+            current = obj if record.type in SUBSCRIPTION_EVENTS else None
+        if current is None:
+            return _settle(record, "failed", now, f"Stripe does not know {subscription_id}")
+        try:
+            subscription = read_subscription(current)
+        except NotUnderstood as error:
+            return _settle(record, "failed", now, str(error))
+        applied = apply_subscription(session, subscription, stripe, named=named)
+    except StripeUnavailable as error:
+        # Nothing is written before Stripe answers; the row stays pending.
+        record.message = f"Stripe could not be asked: {error}"[:2000]
+        return Handled("pending", record.message)
     return _settle(record, str(applied.outcome), now, _describe(applied))
 
 
@@ -124,8 +158,8 @@ def handle_pending_events(session: Session, stripe: EventSource, now: datetime) 
     the delivery carried: the Checkout's subject) and goes through
     ``handle_event``, which fetches its subscription's current state and
     records the real outcome. Rows a delivery is handling right now are
-    locked, and skipped: that delivery settles them. Each event is handled in
-    a savepoint, so one Stripe cannot answer for stays pending, untouched.
+    locked, and skipped: that delivery settles them. One Stripe cannot be
+    asked about stays pending, and is listed in ``left``.
     """
     handled = PendingHandled()
     pending = session.scalars(
@@ -141,15 +175,17 @@ def handle_pending_events(session: Session, stripe: EventSource, now: datetime) 
                 if event is None:
                     record = session.get(StripeEvent, event_id)
                     assert record is not None  # locked above
-                    outcome = _settle(
+                    result = _settle(
                         record, "failed", now, "Stripe no longer has this event (30 days)"
-                    ).outcome
+                    )
                 else:
-                    outcome = handle_event(session, event, stripe, now).outcome
+                    result = handle_event(session, event, stripe, now)
         except StripeUnavailable as error:
-            handled.left.append(f"{event_id}: still pending, Stripe could not be asked ({error})")
-            continue
-        handled.outcomes[outcome] += 1
+            result = Handled("pending", f"Stripe could not be asked: {error}")
+        if result.outcome == "pending":
+            handled.left.append(f"{event_id}: still pending, {result.message}")
+        else:
+            handled.outcomes[result.outcome] += 1
     return handled
 
 

@@ -29,13 +29,14 @@ from portal import clock
 from portal.billing.checkout import PricesMissing, checkout_url
 from portal.billing.settings import load_stripe_settings, load_webhook_secret, stripe_environ
 from portal.billing.stripe_client import (
+    WEBHOOK_FETCH_TIMEOUT_SECONDS,
     InvalidSignature,
     StripeBilling,
     StripeUnavailable,
     verified_event,
 )
 from portal.billing.subscriptions import SubjectRef, customer_of
-from portal.billing.webhooks import handle_event
+from portal.billing.webhooks import OneRequest, handle_event
 from portal.config import ConfigError
 from portal.extensions import csrf, db
 from portal.models import Organization
@@ -57,17 +58,20 @@ class BillingUnavailable(ServiceUnavailable):
         super().__init__(retry_after=30)
 
 
-def stripe_billing() -> StripeBilling | None:
-    """Stripe for the pages, or ``None`` when ``STRIPE_API_KEY`` is not set (no billing)."""
+def stripe_billing(*, for_webhook: bool = False) -> StripeBilling | None:
+    """Stripe for the pages (or, with its short timeout, the webhook); ``None`` when
+    ``STRIPE_API_KEY`` is not set (no billing)."""
     app = current_app
-    if "stripe_billing" not in app.extensions:
+    name = "stripe_webhook" if for_webhook else "stripe_billing"
+    if name not in app.extensions:
         try:
             settings = load_stripe_settings(stripe_environ(app.config))
         except ConfigError:
-            app.extensions["stripe_billing"] = None
+            app.extensions[name] = None
         else:
-            app.extensions["stripe_billing"] = StripeBilling.from_settings(settings)
-    gateway: StripeBilling | None = app.extensions["stripe_billing"]
+            timeout = {"timeout": WEBHOOK_FETCH_TIMEOUT_SECONDS} if for_webhook else {}
+            app.extensions[name] = StripeBilling.from_settings(settings, **timeout)
+    gateway: StripeBilling | None = app.extensions[name]
     return gateway
 
 
@@ -206,15 +210,13 @@ def stripe_webhook() -> Response | tuple[Response, int]:
     except InvalidSignature as invalid:
         log.warning("refused a webhook delivery: %s", invalid)
         return jsonify(error="invalid signature"), 400
-    gateway = stripe_billing()
+    gateway = stripe_billing(for_webhook=True)
     if gateway is None:
         log.error("a Stripe event arrived, but STRIPE_API_KEY is not set to look it up")
         raise BillingUnavailable()
-    try:
-        handled = handle_event(db.session(), event, gateway, now)
-    except StripeUnavailable as error:
-        db.session.commit()  # the event stays pending: Stripe delivers it again
-        log.error("Stripe could not be reached for event %s: %s", event.get("id"), error)
-        raise BillingUnavailable() from None
+    handled = handle_event(db.session(), event, OneRequest(gateway), now)
     db.session.commit()
+    if handled.outcome == "pending":
+        # Acknowledged all the same: sync-subscriptions --pending-only finishes it.
+        log.warning("event %s left pending: %s", event.get("id"), handled.message)
     return jsonify(received=True, outcome=handled.outcome)
