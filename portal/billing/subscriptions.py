@@ -329,6 +329,24 @@ def _holder(session: Session, subscription: Subscription) -> SubjectRef | None:
     return None
 
 
+def organization_subscribed(org: Organization, now: datetime) -> bool:
+    """Whether the organization has a Stripe subscription that governs at ``now``: then it
+    manages that one, and may not start another.
+
+    Governs as ``usage.subjects`` says (``_live``): a live status, and not past
+    the end of a period it was canceled at. A plan made by hand (``flask
+    create-org``, no Stripe subscription) is how an organization starts, and
+    does not stop it from subscribing.
+    """
+    ended = (
+        org.cancel_at_period_end
+        and org.current_period_end is not None
+        and org.current_period_end <= now
+    )
+    live = org.subscription_status in LIVE_SUBSCRIPTION_STATUSES and not ended
+    return org.stripe_subscription_id is not None and live
+
+
 def customer_of(session: Session, subject: SubjectRef) -> str | None:
     """The Stripe customer of a user's own subscription or of an organization."""
     if subject.kind is SubjectKind.ORGANIZATION:

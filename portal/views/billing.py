@@ -35,7 +35,7 @@ from portal.billing.stripe_client import (
     StripeUnavailable,
     verified_event,
 )
-from portal.billing.subscriptions import SubjectRef, customer_of
+from portal.billing.subscriptions import SubjectRef, customer_of, organization_subscribed
 from portal.billing.webhooks import OneRequest, handle_event
 from portal.config import ConfigError
 from portal.extensions import csrf, db
@@ -159,6 +159,11 @@ def organization_checkout(slug: str) -> Response:
     gateway = _gateway()
     org = administered(slug)
     plan = _chosen_plan(PlanKind.ORGANIZATION)
+    if organization_subscribed(org, clock.now()):
+        # A second Checkout would start a second subscription, billed alongside the first.
+        plan_name = PLANS[org.plan_id].name
+        flash(f"{org.name} is on the {plan_name} plan: change it in Manage billing.", "info")
+        return redirect(url_for("orgs.usage", slug=org.slug))  # type: ignore[return-value]
     subject = SubjectRef(SubjectKind.ORGANIZATION, org.id)
     return _go_to_stripe(
         lambda: checkout_url(
@@ -192,6 +197,14 @@ def organization_manage(slug: str) -> Response:
 
 def _seats_needed(org: Organization) -> int:
     return max(org.seats, len(org.memberships))
+
+
+@blueprint.app_template_global("organization_subscribed")
+def organization_subscribed_now(organization_id: int) -> bool:
+    """Whether the organization page offers Manage billing rather than Subscribe: the rule
+    ``organization_checkout`` enforces."""
+    org = db.session.get(Organization, organization_id)
+    return org is not None and organization_subscribed(org, clock.now())
 
 
 @blueprint.post("/stripe/webhook")

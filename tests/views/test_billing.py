@@ -593,6 +593,31 @@ def test_the_organization_page_offers_billing_to_its_admins(
     assert "· then members are on Free" in region(browser, f"/orgs/{org.slug}/usage")
 
 
+def test_an_organization_subscribes_once_and_again_after_its_subscription_ends(
+    app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn
+) -> None:
+    org = make_org(session, plan="team", seats=2, customer=None)
+    admin = make_user(session, org=org, role="admin", password=PASSWORD)
+    session.commit()
+    browser = signed_in(admin.email)
+    page = f"/orgs/{org.slug}/usage"
+    session_id = checkout(browser, f"/orgs/{org.slug}/billing/checkout", "team")
+    for event in standin.complete_checkout(session_id):
+        deliver(app, standin, event)
+
+    # Subscribed: a second Checkout would bill a second subscription.
+    again = post_form(browser, f"/orgs/{org.slug}/billing/checkout", plan="business")
+    assert again.status_code == 302 and again.headers["Location"] == page
+    assert "is on the Team plan: change it in Manage billing" in region(browser, page)
+
+    # Ended (canceled now): the customer stays, and the organization may subscribe anew.
+    subscription_id = str(standin.checkout_session(session_id)["subscription"])
+    deliver(app, standin, standin.cancel(subscription_id))
+    ended = region(browser, page)
+    assert "Subscribe to Team" in ended and "Manage billing" in ended
+    assert checkout(browser, f"/orgs/{org.slug}/billing/checkout", "business")
+
+
 def test_start_up_says_when_stripe_webhooks_are_not_set_up(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
