@@ -618,6 +618,34 @@ def test_an_organization_subscribes_once_and_again_after_its_subscription_ends(
     assert checkout(browser, f"/orgs/{org.slug}/billing/checkout", "business")
 
 
+def test_a_failed_payment_of_a_pool_sends_members_to_their_admins(
+    app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn
+) -> None:
+    org = make_org(session, plan="team", seats=2, customer=None)
+    admin = make_user(session, org=org, role="admin", password=PASSWORD)
+    member = make_user(session, org=org, password=PASSWORD)
+    session.commit()
+    admins = signed_in(admin.email)
+    session_id = checkout(admins, f"/orgs/{org.slug}/billing/checkout", "team")
+    for event in standin.complete_checkout(session_id):
+        deliver(app, standin, event)
+    deliver(
+        app,
+        standin,
+        standin.fail_payment(str(standin.checkout_session(session_id)["subscription"])),
+    )
+
+    members = signed_in(member.email)
+    seen = region(members)
+    assert f"{org.name}'s last payment failed" in seen
+    assert "Ask your organization's admins" in seen and "Manage billing" not in seen
+    assert post_form(members, "/billing/manage").status_code == 404  # what it used to offer
+    told = region(admins)
+    manage = f'action="/orgs/{org.slug}/billing/manage"'
+    assert manage in told and "Ask your organization's admins" not in told
+    assert post_form(admins, f"/orgs/{org.slug}/billing/manage").status_code == 303
+
+
 def test_start_up_says_when_stripe_webhooks_are_not_set_up(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
