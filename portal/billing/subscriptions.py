@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from portal.billing.refile import refile_usage
 from portal.models import LIVE_SUBSCRIPTION_STATUSES, Organization, User, UserSubscription
 from portal.plans import Plan, PlanKind, plan_for_price
 from portal.usage.subjects import SubjectKind
@@ -214,10 +215,15 @@ def apply_subscription(
     session: Session,
     subscription: Subscription,
     stripe: SubscriptionSource,
+    now: datetime,
     *,
     named: SubjectRef | None = None,
 ) -> Applied:
     """Bring the subject's subscription in line with Stripe's; the caller commits.
+
+    A live subscription's period also takes the subject's usage that occurred
+    in it but was recorded in an earlier period, while the portal did not know
+    of it yet (``refile.refile_usage``).
 
     The subject's row is locked first (``FOR NO KEY UPDATE``, which recording's
     foreign-key checks do not wait for), so two deliveries about one subject
@@ -282,6 +288,17 @@ def apply_subscription(
     for name, value in fields.items():
         setattr(row, name, value)
     session.flush()
+    if subscription.is_live:
+        # Every time, not only when the period changes: usage recorded under the
+        # old period while this ran is moved by the next delivery or sync.
+        seats = subscription.seats if subject.kind is SubjectKind.ORGANIZATION else 1
+        period = (subscription.period_start, subscription.period_end)
+        included = subscription.plan.included_for(seats)
+        moved = refile_usage(
+            session, subject.kind, subject.id, period, subscription.plan, included, now
+        )
+        if moved:
+            changes["usage moved into the period"] = (0, moved)
     return Applied(Outcome.APPLIED if changes else Outcome.UNCHANGED, subject, changes)
 
 

@@ -95,14 +95,16 @@ def sync_subscriptions(
     """
     summary = SyncSummary()
     if not pending_only:
-        _apply_listed(session, stripe, summary)
+        _apply_listed(session, stripe, summary, now)
     pending = handle_pending_events(session, stripe, now)
     summary.pending_events = pending.outcomes
     summary.problems.extend(pending.left)
     return summary
 
 
-def _apply_listed(session: Session, stripe: SubscriptionLister, summary: SyncSummary) -> None:
+def _apply_listed(
+    session: Session, stripe: SubscriptionLister, summary: SyncSummary, now: datetime
+) -> None:
     listed = _Listed(stripe)
     for stripe_object in stripe.list_subscriptions():
         listed.seen[str(stripe_object.get("id"))] = stripe_object
@@ -114,7 +116,7 @@ def _apply_listed(session: Session, stripe: SubscriptionLister, summary: SyncSum
             if not ended:
                 summary.problems.append(f"{stripe_object.get('id')}: {error}")
             continue
-        applied = apply_subscription(session, subscription, listed)
+        applied = apply_subscription(session, subscription, listed, now)
         outcome = applied.outcome
         if outcome in (Outcome.UNMATCHED, Outcome.FAILED) and not subscription.is_live:
             outcome = Outcome.IGNORED  # history: it governs nobody whatever the portal does

@@ -123,7 +123,7 @@ def handle_event(
             subscription = read_subscription(current)
         except NotUnderstood as error:
             return _settle(record, "failed", now, str(error))
-        applied = apply_subscription(session, subscription, stripe, named=named)
+        applied = apply_subscription(session, subscription, stripe, now, named=named)
     except StripeUnavailable as error:
         # Nothing is written before Stripe answers; the row stays pending.
         record.message = f"Stripe could not be asked: {error}"[:2000]

@@ -100,7 +100,7 @@ def test_a_new_subscription_gives_the_user_its_plan_and_stripes_period(session: 
     session.commit()
     subject = SubjectRef(SubjectKind.USER, user.id)
     applied = apply_subscription(
-        session, read_subscription(stripe_subscription()), NO_STRIPE, named=subject
+        session, read_subscription(stripe_subscription()), NO_STRIPE, START, named=subject
     )
     session.commit()
     assert applied.outcome is Outcome.APPLIED
@@ -112,7 +112,7 @@ def test_a_new_subscription_gives_the_user_its_plan_and_stripes_period(session: 
         END,
     )
     # The same state again changes nothing.
-    again = apply_subscription(session, read_subscription(stripe_subscription()), NO_STRIPE)
+    again = apply_subscription(session, read_subscription(stripe_subscription()), NO_STRIPE, START)
     assert (again.outcome, again.subject) == (Outcome.UNCHANGED, subject)
 
 
@@ -124,11 +124,12 @@ def test_seats_and_status_follow_for_an_organization(session: Session) -> None:
         "team", quantity=5, metadata={"portal_subject": f"organization:{org.id}"}
     )
     assert (
-        apply_subscription(session, read_subscription(named), NO_STRIPE).outcome is Outcome.APPLIED
+        apply_subscription(session, read_subscription(named), NO_STRIPE, START).outcome
+        is Outcome.APPLIED
     )
     assert check_usage(session, member.id, START + timedelta(days=1)).included == 250
     canceled = stripe_subscription("team", quantity=5, status="canceled")
-    apply_subscription(session, read_subscription(canceled), NO_STRIPE)
+    apply_subscription(session, read_subscription(canceled), NO_STRIPE, START)
     session.commit()
     assert check_usage(session, member.id, START + timedelta(days=1)).plan.id == "free"
 
@@ -140,6 +141,7 @@ def test_a_plan_for_the_wrong_kind_of_subject_fails(session: Session) -> None:
         session,
         read_subscription(stripe_subscription("team")),
         NO_STRIPE,
+        START,
         named=SubjectRef(SubjectKind.USER, user.id),
     )
     assert applied.outcome is Outcome.FAILED and "not for a user" in applied.message
@@ -147,7 +149,9 @@ def test_a_plan_for_the_wrong_kind_of_subject_fails(session: Session) -> None:
 
 
 def test_a_subscription_nobody_holds_is_unmatched(session: Session) -> None:
-    applied = apply_subscription(session, read_subscription(stripe_subscription()), NO_STRIPE)
+    applied = apply_subscription(
+        session, read_subscription(stripe_subscription()), NO_STRIPE, START
+    )
     assert applied.outcome is Outcome.UNMATCHED and "cus_1" in applied.message
 
 
@@ -157,7 +161,11 @@ def test_canceled_at_period_end_governs_until_then_and_shows_it(session: Session
     session.commit()
     ending = stripe_subscription(cancel_at_period_end=True)
     apply_subscription(
-        session, read_subscription(ending), NO_STRIPE, named=SubjectRef(SubjectKind.USER, user.id)
+        session,
+        read_subscription(ending),
+        NO_STRIPE,
+        START,
+        named=SubjectRef(SubjectKind.USER, user.id),
     )
     session.commit()
     before = check_usage(session, user.id, END - timedelta(minutes=1))
@@ -209,11 +217,11 @@ def test_applying_an_old_subscription_asks_stripe_about_the_held_one(session: Se
     newer = stripe_subscription(id="sub_new", created=int((START + timedelta(hours=1)).timestamp()))
     older = stripe_subscription("starter", id="sub_old")
     stripe = Stripe(newer, older)
-    assert apply_subscription(session, read_subscription(newer), stripe, named=subject).outcome is (
-        Outcome.APPLIED
-    )
+    assert apply_subscription(
+        session, read_subscription(newer), stripe, START, named=subject
+    ).outcome is (Outcome.APPLIED)
     assert stripe.asked == []  # nothing held yet: nothing to ask
-    ignored = apply_subscription(session, read_subscription(older), stripe, named=subject)
+    ignored = apply_subscription(session, read_subscription(older), stripe, START, named=subject)
     assert (ignored.outcome, stripe.asked) == (Outcome.IGNORED, ["sub_new"])
     assert "two live subscriptions" in ignored.message
     session.commit()

@@ -17,9 +17,15 @@ from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.apikeys import create_api_key
-from portal.models import Organization, StripeEvent, UserSubscription
+from portal.models import MemberUsage, Organization, StripeEvent, UsageRecord, UserSubscription
 from portal.usage import check_usage, record_usage
-from tests.billing.helpers import API_KEY, CLIENT_TIMEOUT, Usage, run_reporter
+from tests.billing.helpers import (
+    API_KEY,
+    CLIENT_TIMEOUT,
+    Usage,
+    assert_exactly_once,
+    run_reporter,
+)
 from tests.factories import FrozenClock, make_org, make_user
 from tests.stripe_standin import StripeStandIn
 from tests.views.conftest import PASSWORD, csrf_token
@@ -476,6 +482,88 @@ def test_usage_reaches_the_meter_once_across_an_upgrade_mid_period(
     # Both periods' usage, each unit once, in two meter events inside their periods.
     assert standin.totals() == {customer: 34}
     assert len(standin.events) == 2
+
+
+def test_usage_between_stripes_upgrade_and_a_late_webhook_counts_where_stripe_bills_it(
+    app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn, clock: FrozenClock
+) -> None:
+    user = make_user(session, password=PASSWORD)
+    session.commit()
+    subscription_id = subscribe(app, standin, signed_in(user.email), "starter")
+    customer = str(standin.subscription(subscription_id)["customer"])
+    usage = Usage(session, clock())
+    usage.record(user, 20, billed_to=customer)
+    clock.advance(timedelta(days=10))
+    upgraded_at = clock()
+    upgraded = standin.update_subscription(
+        subscription_id, plan_lookup_key="pro", restart_period=True
+    )
+    clock.advance(timedelta(minutes=30))  # the webhook is late: retried, or the portal was down
+    usage.now = clock()
+    usage.record(user, 10, billed_to=customer)
+    usage.record(user, 2, event_type="refinement")
+    assert check_usage(session, user.id, clock()).plan.id == "starter"  # as far as it knows
+
+    deliver(app, standin, upgraded)
+    session.expire_all()
+    status = check_usage(session, user.id, clock())
+    assert (status.plan.id, status.period.start, status.used) == ("pro", upgraded_at, 10)
+    totals = session.execute(select(UsageRecord.plan_id, UsageRecord.used)).tuples().all()
+    assert sorted(totals) == [("pro", 10), ("starter", 20)]
+    assert json.loads(deliver(app, standin, dict(upgraded, id="evt_again")).data)["outcome"] == (
+        "unchanged"  # moved once
+    )
+
+    from portal.billing.settings import load_stripe_settings
+    from portal.billing.stripe_client import StripeMeterEventGateway
+
+    settings = load_stripe_settings({"STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": standin.url})
+    gateway = StripeMeterEventGateway.from_settings(settings, timeout=CLIENT_TIMEOUT)
+    assert run_reporter(session, gateway, clock()).exit_code == 0
+    assert_exactly_once(session, standin, usage.expected)
+    # Each period's usage in its own meter event, timestamped inside Stripe's period.
+    by_value = {event.value: event.timestamp for event in standin.events}
+    assert by_value[20] < upgraded_at.timestamp() <= by_value[10]
+
+
+def test_a_pools_usage_recorded_before_the_webhook_moves_with_each_members_share(
+    app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn, clock: FrozenClock
+) -> None:
+    org = make_org(session, plan="team", seats=2, customer=None)
+    admin = make_user(session, org=org, role="admin", password=PASSWORD)
+    member = make_user(session, org=org, password=PASSWORD)
+    session.commit()
+    session_id = checkout(signed_in(admin.email), f"/orgs/{org.slug}/billing/checkout", "team")
+    for event in standin.complete_checkout(session_id):
+        deliver(app, standin, event)
+    subscription_id = str(standin.checkout_session(session_id)["subscription"])
+    usage = Usage(session, clock())
+    usage.record(member, 7)
+    clock.advance(timedelta(days=3))
+    upgraded = standin.update_subscription(
+        subscription_id, plan_lookup_key="business", restart_period=True
+    )
+    clock.advance(timedelta(minutes=5))
+    usage.now = clock()
+    usage.record(member, 3)
+    usage.record(admin, 4)
+
+    deliver(app, standin, upgraded)
+    session.expire_all()
+    status = check_usage(session, member.id, clock())
+    assert (status.plan.id, status.used, status.member_used) == ("business", 7, 3)
+    assert check_usage(session, admin.id, clock()).member_used == 4
+    pool = session.execute(select(UsageRecord.plan_id, UsageRecord.used)).tuples().all()
+    assert sorted(pool) == [("business", 7), ("team", 7)]
+    shares = session.execute(
+        select(MemberUsage.period_start, MemberUsage.user_id, MemberUsage.used)
+    ).tuples()
+    assert {(start == status.period.start, user, used) for start, user, used in shares} == {
+        (False, member.id, 7),
+        (False, admin.id, 0),
+        (True, member.id, 3),
+        (True, admin.id, 4),
+    }
 
 
 def test_an_event_stripe_cannot_be_asked_about_is_acknowledged_and_left_pending(
