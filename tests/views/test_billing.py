@@ -725,7 +725,7 @@ def test_a_failed_payment_of_a_pool_sends_members_to_their_admins(
 
     members = signed_in(member.email)
     seen = region(members)
-    assert f"{org.name}'s last payment failed" in seen
+    assert f"The last payment for {org.name} failed" in seen
     assert "Ask your organization's admins" in seen and "Manage billing" not in seen
     assert post_form(members, "/billing/manage").status_code == 404  # what it used to offer
     told = region(admins)
