@@ -42,15 +42,27 @@ class SubscriptionLister(EventSource, Protocol):
 
 
 class _Listed:
-    """Stripe as the listing showed it: subscriptions already listed are not fetched again."""
+    """Stripe as the listing showed it: a subscription already listed is not fetched again.
+
+    The rule (``supersedes``) asks about the subscription a subject holds only
+    when another live one comes; listed newest first, the held one has been
+    listed when it is the newer. Only the status and creation time the rule
+    reads are kept, not every listed object.
+    """
 
     def __init__(self, stripe: SubscriptionSource) -> None:
         self._stripe = stripe
-        self.seen: dict[str, Mapping[str, Any]] = {}
+        self._seen: dict[str, Mapping[str, Any]] = {}
+
+    def saw(self, stripe_object: Mapping[str, Any]) -> None:
+        self._seen[str(stripe_object.get("id"))] = {
+            "status": stripe_object.get("status"),
+            "created": stripe_object.get("created"),
+        }
 
     def retrieve_subscription(self, subscription_id: str) -> Mapping[str, Any] | None:
-        if subscription_id in self.seen:
-            return self.seen[subscription_id]
+        if subscription_id in self._seen:
+            return self._seen[subscription_id]
         return self._stripe.retrieve_subscription(subscription_id)
 
 
@@ -107,7 +119,7 @@ def _apply_listed(
 ) -> None:
     listed = _Listed(stripe)
     for stripe_object in stripe.list_subscriptions():
-        listed.seen[str(stripe_object.get("id"))] = stripe_object
+        listed.saw(stripe_object)
         try:
             subscription = read_subscription(stripe_object)
         except NotUnderstood as error:
