@@ -262,9 +262,12 @@ def apply_subscription(
         )
         held_status = row.status if row is not None else None
         fields = {"status": subscription.status}
-    held_id = row.stripe_subscription_id if row is not None else None
-    # Stripe may be asked here: nothing is written before it answers.
-    refused = supersedes(subscription, _held(held_id, held_status, subscription, stripe))
+    held = None
+    if row is not None and row.stripe_subscription_id is not None and held_status is not None:
+        governs = _governs(held_status, row.cancel_at_period_end, row.current_period_end, now)
+        # Stripe may be asked here: nothing is written before it answers.
+        held = _held(row.stripe_subscription_id, held_status, governs, subscription, stripe)
+    refused = supersedes(subscription, held)
     if refused is not None:
         return Applied(Outcome.IGNORED, subject, message=refused)
     if row is None:
@@ -309,22 +312,34 @@ def _locked(session: Session, query: Any) -> Any:
     ).one_or_none()
 
 
+def _governs(
+    status: str, cancel_at_period_end: bool, period_end: datetime | None, now: datetime
+) -> bool:
+    """Whether a subscription the portal holds governs at ``now``, as ``usage.subjects``
+    (``_live``) decides: a live status, and not past the end of a period it was canceled at."""
+    ended = cancel_at_period_end and period_end is not None and period_end <= now
+    return status in LIVE_SUBSCRIPTION_STATUSES and not ended
+
+
 def _held(
-    held_id: str | None, status: str | None, incoming: Subscription, stripe: SubscriptionSource
-) -> HeldSubscription | None:
+    held_id: str,
+    status: str,
+    governs: bool,
+    incoming: Subscription,
+    stripe: SubscriptionSource,
+) -> HeldSubscription:
     """The subscription the subject holds; Stripe is asked only when the rule needs it.
 
-    Only a live incoming subscription facing a different one the portal
-    believes live needs the held one's age, and its current status (the
-    portal's copy may lag): one request, in the rare case of two live
-    subscriptions or of events crossing each other.
+    Only a live incoming subscription facing a different one that still
+    governs in the portal needs the held one's age, and its current status
+    (the portal's copy may lag): one request, in the rare case of two live
+    subscriptions or of events crossing each other. One that no longer
+    governs (ended, or canceled at a period's end now past) is ended.
     """
-    if held_id is None or status is None:
-        return None
     if held_id == incoming.id or not incoming.is_live:
         return HeldSubscription(held_id, status, None)
-    if status not in LIVE_SUBSCRIPTION_STATUSES:
-        return HeldSubscription(held_id, status, None)
+    if not governs:
+        return HeldSubscription(held_id, "canceled", None)
     current = stripe.retrieve_subscription(held_id)
     if current is None:
         return HeldSubscription(held_id, "canceled", None)
@@ -350,18 +365,13 @@ def organization_subscribed(org: Organization, now: datetime) -> bool:
     """Whether the organization has a Stripe subscription that governs at ``now``: then it
     manages that one, and may not start another.
 
-    Governs as ``usage.subjects`` says (``_live``): a live status, and not past
-    the end of a period it was canceled at. A plan made by hand (``flask
-    create-org``, no Stripe subscription) is how an organization starts, and
-    does not stop it from subscribing.
+    A plan made by hand (``flask create-org``, no Stripe subscription) is how
+    an organization starts, and does not stop it from subscribing.
     """
-    ended = (
-        org.cancel_at_period_end
-        and org.current_period_end is not None
-        and org.current_period_end <= now
+    governs = _governs(
+        org.subscription_status, org.cancel_at_period_end, org.current_period_end, now
     )
-    live = org.subscription_status in LIVE_SUBSCRIPTION_STATUSES and not ended
-    return org.stripe_subscription_id is not None and live
+    return org.stripe_subscription_id is not None and governs
 
 
 def customer_of(session: Session, subject: SubjectRef) -> str | None:

@@ -405,6 +405,28 @@ def test_a_late_event_about_an_old_subscription_changes_nothing(
     assert row is not None and "has ended" in str(row.message)
 
 
+def test_subscribing_again_after_a_period_end_cancellation_applies_before_stripes_deletion(
+    app: Flask, session: Session, standin: StripeStandIn, signed_in: SignIn, clock: FrozenClock
+) -> None:
+    user = make_user(session, password=PASSWORD)
+    session.commit()
+    browser = signed_in(user.email)
+    starter = subscribe(app, standin, browser, "starter")
+    deliver(app, standin, standin.cancel(starter, at_period_end=True))
+    clock.now = check_usage(session, user.id, clock()).period.end  # over; the deletion lags
+    assert check_usage(session, user.id, clock()).plan.id == "free"
+    browser = signed_in(user.email)  # a month on: the earlier sign-in has expired
+    completed, _ = standin.complete_checkout(checkout(browser, "/billing/checkout", "pro"))
+    # The held subscription governs no more: no second request to Stripe, no pending event.
+    assert json.loads(deliver(app, standin, completed).data)["outcome"] == "applied"
+    session.expire_all()
+    assert check_usage(session, user.id, clock()).plan.id == "pro"
+    late = json.loads(deliver(app, standin, standin.renew(starter)).data)
+    assert late["outcome"] == "ignored"
+    session.expire_all()
+    assert check_usage(session, user.id, clock()).plan.id == "pro"
+
+
 @pytest.mark.parametrize("newest_first", [True, False])
 def test_a_checkout_paid_twice_follows_the_newest_subscription_and_tells_an_operator(
     app: Flask,
