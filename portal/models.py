@@ -263,7 +263,9 @@ def new_event_id() -> uuid.UUID:
 
 
 class UsageEvent(db.Model):  # type: ignore[name-defined,misc]
-    """One recorded use of the assistant. Append-only: never updated once written.
+    """One recorded use of the assistant, never updated but for one repair: usage recorded
+    between a plan change in Stripe and its webhook moves into the period Stripe bills it in
+    (``billing.refile``), before the reporter has claimed it.
 
     ``organization_id`` names the organization whose pool it draws on; it is
     null when the user is billed individually (then the user is the billing

@@ -2,7 +2,8 @@
 
 The reporter depends on this interface only; ``stripe_client`` implements it
 with the real ``stripe`` library, and tests hand it the same library pointed
-at a local stand-in.
+at a local stand-in. ``StripeUnavailable`` is here too, so the domain can
+catch it without loading the library.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from typing import Protocol
+
+
+class StripeUnavailable(RuntimeError):
+    """Stripe could not be asked (network, timeout, 5xx, a refused key); try again later."""
 
 
 @dataclass(frozen=True)

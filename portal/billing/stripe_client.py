@@ -21,6 +21,7 @@ from typing import Any
 import stripe
 
 from portal.billing.gateway import Delivery, DeliveryStatus, MeterEvent
+from portal.billing.gateway import StripeUnavailable as StripeUnavailable  # the pages catch it
 from portal.billing.settings import StripeSettings
 
 DEFAULT_TIMEOUT_SECONDS = 20.0
@@ -84,18 +85,17 @@ class StripeMeterEventGateway:
         )
 
 
-class StripeUnavailable(RuntimeError):
-    """Stripe could not be asked (network, timeout, 5xx, a refused key); try again later."""
-
-
 class InvalidSignature(ValueError):
     """A webhook delivery whose ``Stripe-Signature`` does not verify, or is too old."""
 
 
 WEBHOOK_TOLERANCE_SECONDS = 300
 """Stripe's own default: a signature older than five minutes is refused (replays)."""
-WEBHOOK_FETCH_TIMEOUT_SECONDS = 3.0
-"""A webhook handler fetches the subscription it is about; Stripe waits for its answer."""
+PAGE_TIMEOUT_SECONDS = 3.0
+"""Starting Checkout or the Billing Portal: a person waits on the page."""
+WEBHOOK_FETCH_TIMEOUT_SECONDS = 0.8
+"""A webhook delivery fetches the subscription it is about, and answers within a second:
+past this the event stays pending for ``sync-subscriptions``."""
 
 
 def verified_event(
@@ -122,9 +122,17 @@ def verified_event(
 
 
 def _signature_timestamp(header: str) -> float:
-    """The ``t=`` of a ``Stripe-Signature`` header (already verified to hold one)."""
-    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    return float(fields["t"])
+    """The ``t=`` of a ``Stripe-Signature`` header: the one the library signed with.
+
+    The library checks the HMAC against the header's first ``t``; the age must
+    be read from that same ``t``, or a stale signature could be made to look
+    fresh by appending a later one. Stripe sends exactly one, so a header with
+    several is refused.
+    """
+    stamps = [part[2:] for part in header.split(",") if part.startswith("t=")]
+    if len(stamps) != 1:
+        raise ValueError(f"the signature header has {len(stamps)} timestamps, not one")
+    return float(stamps[0])
 
 
 class StripeBilling:
@@ -135,7 +143,7 @@ class StripeBilling:
 
     @classmethod
     def from_settings(
-        cls, settings: StripeSettings, *, timeout: float = WEBHOOK_FETCH_TIMEOUT_SECONDS
+        cls, settings: StripeSettings, *, timeout: float = PAGE_TIMEOUT_SECONDS
     ) -> StripeBilling:
         return cls(build_stripe_client(settings, timeout=timeout))
 
@@ -143,6 +151,18 @@ class StripeBilling:
         """The subscription as Stripe has it now; ``None`` if Stripe does not know it."""
         try:
             found = self._client.v1.subscriptions.retrieve(subscription_id)
+        except stripe.InvalidRequestError as error:
+            if error.http_status == 404:
+                return None
+            raise StripeUnavailable(_message(error)) from None
+        except stripe.StripeError as error:
+            raise StripeUnavailable(_message(error)) from None
+        return dict(found.to_dict())
+
+    def retrieve_event(self, event_id: str) -> dict[str, Any] | None:
+        """The event as Stripe keeps it (30 days); ``None`` if Stripe does not know it."""
+        try:
+            found = self._client.v1.events.retrieve(event_id)
         except stripe.InvalidRequestError as error:
             if error.http_status == 404:
                 return None

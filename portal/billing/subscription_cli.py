@@ -1,9 +1,10 @@
 """``flask sync-subscriptions`` and ``flask stripe-status``: following Stripe's subscriptions.
 
 Exit codes of ``sync-subscriptions``, as ``report-usage``'s: 0 when every
-subscription matched a user or an organization and applied, 1 when one is
-unmatched or failed, or Stripe could not be reached, 2 for a configuration
-error (then nothing is touched).
+subscription that should govern a user or an organization does, and no
+event is left pending; 1 when one is unmatched or failed, a customer pays for
+two live subscriptions, an event stays pending, or Stripe could not be
+reached; 2 for a configuration error (then nothing is touched).
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ from portal.extensions import db
 
 @click.command("sync-subscriptions")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--pending-only",
+    is_flag=True,
+    help="Only handle the webhook events still pending; list no subscriptions.",
+)
 @click.pass_context
-def sync_subscriptions_command(ctx: click.Context, as_json: bool) -> None:
+def sync_subscriptions_command(ctx: click.Context, as_json: bool, pending_only: bool) -> None:
     """Repair whatever a lost webhook left stale: apply every subscription Stripe has."""
     try:
         settings = load_stripe_settings(stripe_environ(current_app.config))
@@ -34,7 +40,10 @@ def sync_subscriptions_command(ctx: click.Context, as_json: bool) -> None:
 
     try:
         summary = sync_subscriptions(
-            db.session(), StripeBilling.from_settings(settings, timeout=20), clock.now()
+            db.session(),
+            StripeBilling.from_settings(settings, timeout=20),
+            clock.now(),
+            pending_only=pending_only,
         )
     except StripeUnavailable as error:
         db.session.rollback()
@@ -47,9 +56,13 @@ def sync_subscriptions_command(ctx: click.Context, as_json: bool) -> None:
         counts = ", ".join(
             f"{outcome} {count}" for outcome, count in sorted(summary.outcomes.items())
         )
+        events = ", ".join(
+            f"{outcome} {count}" for outcome, count in sorted(summary.pending_events.items())
+        )
         click.echo(
             f"sync-subscriptions: {sum(summary.outcomes.values())} subscriptions "
-            f"({counts or 'none'}); {summary.pending_settled} pending events settled"
+            f"({counts or 'none'}); {sum(summary.pending_events.values())} pending events "
+            f"handled ({events or 'none'})"
         )
         for line in summary.changes:
             click.echo(f"  changed {line}")

@@ -8,17 +8,26 @@ retries for days. So:
 - an event about a subscription is not applied as it was when the event was
   made: the subscription's current state is fetched from Stripe and applied.
   An older event arriving after a newer one then applies the newer state
-  again, which changes nothing, instead of undoing it;
+  again, which changes nothing, instead of undoing it; and an event about a
+  subscription its subject no longer follows (an old, canceled one; the older
+  of two paid Checkouts) is ``ignored`` by ``subscriptions.supersedes``, the
+  rule ``flask sync-subscriptions`` applies too;
 - an event about a customer the portal does not know is acknowledged and
   kept as ``unmatched`` for an operator (``flask stripe-status``);
-- when Stripe cannot be asked, the event stays ``pending``: Stripe delivers it
-  again, and ``flask sync-subscriptions`` retries it.
+- a delivery is answered within a second (Stripe counts a slow answer as a
+  failure): it asks Stripe once (``OneRequest``), with a short timeout. When
+  Stripe cannot be asked, or would have to be asked twice, the event stays
+  ``pending`` and the delivery is acknowledged all the same; ``flask
+  sync-subscriptions`` (``--pending-only``, every few minutes) then handles it
+  (``handle_pending_events``: the event fetched from Stripe, then handled
+  exactly as a delivery is).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -26,11 +35,13 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from portal.billing.gateway import StripeUnavailable
 from portal.billing.subscriptions import (
     Applied,
     NotUnderstood,
     Outcome,
     SubjectRef,
+    SubscriptionSource,
     apply_subscription,
     read_subscription,
 )
@@ -45,30 +56,45 @@ SUBSCRIPTION_EVENTS = (
 CHECKOUT_COMPLETED = "checkout.session.completed"
 
 
-class SubscriptionSource(Protocol):
-    """Where a subscription's current state comes from (Stripe, or its stand-in)."""
-
-    def retrieve_subscription(self, subscription_id: str) -> Mapping[str, Any] | None:
-        """The subscription as Stripe has it now; ``None`` if Stripe does not know it.
-
-        Raises ``StripeUnavailable`` when Stripe cannot be asked.
-        """
-        ...
-
-
 @dataclass(frozen=True)
 class Handled:
     """What became of one delivery."""
 
     outcome: str
-    """``applied``, ``unchanged``, ``ignored``, ``unmatched``, ``failed``, or ``replayed``."""
+    """``applied``, ``unchanged``, ``ignored``, ``unmatched``, ``failed``, ``replayed``, or
+    ``pending`` (Stripe could not be asked: left for ``sync-subscriptions``)."""
     message: str = ""
+
+
+class OneRequest:
+    """Stripe for one webhook delivery: a single request, then ``StripeUnavailable``.
+
+    Handling an event takes one request (the subscription's current state);
+    a second is needed only when a subject holds another live subscription
+    (``subscriptions.supersedes``). Rather than risk a second timeout inside
+    the second Stripe waits for, that rare event is left pending for
+    ``sync-subscriptions``.
+    """
+
+    def __init__(self, stripe: SubscriptionSource) -> None:
+        self._stripe = stripe
+        self._asked = False
+
+    def retrieve_subscription(self, subscription_id: str) -> Mapping[str, Any] | None:
+        if self._asked:
+            raise StripeUnavailable("a delivery asks Stripe once; sync-subscriptions finishes it")
+        self._asked = True
+        return self._stripe.retrieve_subscription(subscription_id)
 
 
 def handle_event(
     session: Session, event: Mapping[str, Any], stripe: SubscriptionSource, now: datetime
 ) -> Handled:
-    """Handle one verified event, once; the caller commits (whatever is raised, too)."""
+    """Handle one verified event, once; the caller commits.
+
+    ``pending`` when Stripe could not be asked: the row stays pending, for
+    ``handle_pending_events``.
+    """
     record = _record(session, event, now)
     if record is None:
         return Handled("replayed")
@@ -86,18 +112,81 @@ def handle_event(
     if not isinstance(subscription_id, str):
         return _settle(record, "ignored", now, "no subscription")
     record.stripe_subscription_id = subscription_id
-    # StripeUnavailable goes to the caller, with the event still pending.
-    current = stripe.retrieve_subscription(subscription_id)
-    if current is None:
-        # Stripe no longer has it (test data deleted, say): the event's copy is all there is.
-        current = obj if record.type in SUBSCRIPTION_EVENTS else None
-    if current is None:
-        return _settle(record, "failed", now, f"Stripe does not know {subscription_id}")
     try:
-        applied = apply_subscription(session, read_subscription(current), named=named)
-    except NotUnderstood as error:
-        return _settle(record, "failed", now, str(error))
+        current = stripe.retrieve_subscription(subscription_id)
+        if current is None:
+            # Stripe no longer has it (test data deleted, say): the event's copy is all there is.
+            current = obj if record.type in SUBSCRIPTION_EVENTS else None
+        if current is None:
+            return _settle(record, "failed", now, f"Stripe does not know {subscription_id}")
+        try:
+            subscription = read_subscription(current)
+        except NotUnderstood as error:
+            return _settle(record, "failed", now, str(error))
+        applied = apply_subscription(session, subscription, stripe, now, named=named)
+    except StripeUnavailable as error:
+        # Nothing is written before Stripe answers; the row stays pending.
+        record.message = f"Stripe could not be asked: {error}"[:2000]
+        return Handled("pending", record.message)
     return _settle(record, str(applied.outcome), now, _describe(applied))
+
+
+class EventSource(SubscriptionSource, Protocol):
+    def retrieve_event(self, event_id: str) -> Mapping[str, Any] | None:
+        """The event as Stripe keeps it (30 days); ``None`` if Stripe does not know it.
+
+        Raises ``StripeUnavailable`` when Stripe cannot be asked.
+        """
+        ...
+
+
+@dataclass
+class PendingHandled:
+    """What became of the events that were still pending."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """Events per outcome, as ``handle_event`` names them."""
+    left: list[str] = field(default_factory=list)
+    """One line per event still pending: Stripe could not be asked again."""
+
+
+def handle_pending_events(session: Session, stripe: EventSource, now: datetime) -> PendingHandled:
+    """Handle each event still pending, exactly as its delivery would have; the caller commits.
+
+    An event stays pending when Stripe could not be asked while its delivery
+    was handled. Each is fetched from Stripe again (its copy carries what
+    the delivery carried: the Checkout's subject) and goes through
+    ``handle_event``, which fetches its subscription's current state and
+    records the real outcome. Rows a delivery is handling right now are
+    locked, and skipped: that delivery settles them. One Stripe cannot be
+    asked about stays pending, and is listed in ``left``.
+    """
+    handled = PendingHandled()
+    pending = session.scalars(
+        select(StripeEvent.id)
+        .where(StripeEvent.outcome == "pending")
+        .order_by(StripeEvent.created_at, StripeEvent.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for event_id in pending:
+        try:
+            with session.begin_nested():
+                event = stripe.retrieve_event(event_id)
+                if event is None:
+                    record = session.get(StripeEvent, event_id)
+                    assert record is not None  # locked above
+                    result = _settle(
+                        record, "failed", now, "Stripe no longer has this event (30 days)"
+                    )
+                else:
+                    result = handle_event(session, event, stripe, now)
+        except StripeUnavailable as error:
+            result = Handled("pending", f"Stripe could not be asked: {error}")
+        if result.outcome == "pending":
+            handled.left.append(f"{event_id}: still pending, {result.message}")
+        else:
+            handled.outcomes[result.outcome] += 1
+    return handled
 
 
 def _record(session: Session, event: Mapping[str, Any], now: datetime) -> StripeEvent | None:

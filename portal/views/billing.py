@@ -29,13 +29,14 @@ from portal import clock
 from portal.billing.checkout import PricesMissing, checkout_url
 from portal.billing.settings import load_stripe_settings, load_webhook_secret, stripe_environ
 from portal.billing.stripe_client import (
+    WEBHOOK_FETCH_TIMEOUT_SECONDS,
     InvalidSignature,
     StripeBilling,
     StripeUnavailable,
     verified_event,
 )
-from portal.billing.subscriptions import SubjectRef, customer_of
-from portal.billing.webhooks import handle_event
+from portal.billing.subscriptions import SubjectRef, customer_of, organization_subscribed
+from portal.billing.webhooks import OneRequest, handle_event
 from portal.config import ConfigError
 from portal.extensions import csrf, db
 from portal.models import Organization
@@ -57,17 +58,20 @@ class BillingUnavailable(ServiceUnavailable):
         super().__init__(retry_after=30)
 
 
-def stripe_billing() -> StripeBilling | None:
-    """Stripe for the pages, or ``None`` when ``STRIPE_API_KEY`` is not set (no billing)."""
+def stripe_billing(*, for_webhook: bool = False) -> StripeBilling | None:
+    """Stripe for the pages (or, with its short timeout, the webhook); ``None`` when
+    ``STRIPE_API_KEY`` is not set (no billing)."""
     app = current_app
-    if "stripe_billing" not in app.extensions:
+    name = "stripe_webhook" if for_webhook else "stripe_billing"
+    if name not in app.extensions:
         try:
             settings = load_stripe_settings(stripe_environ(app.config))
         except ConfigError:
-            app.extensions["stripe_billing"] = None
+            app.extensions[name] = None
         else:
-            app.extensions["stripe_billing"] = StripeBilling.from_settings(settings)
-    gateway: StripeBilling | None = app.extensions["stripe_billing"]
+            timeout = {"timeout": WEBHOOK_FETCH_TIMEOUT_SECONDS} if for_webhook else {}
+            app.extensions[name] = StripeBilling.from_settings(settings, **timeout)
+    gateway: StripeBilling | None = app.extensions[name]
     return gateway
 
 
@@ -155,6 +159,11 @@ def organization_checkout(slug: str) -> Response:
     gateway = _gateway()
     org = administered(slug)
     plan = _chosen_plan(PlanKind.ORGANIZATION)
+    if organization_subscribed(org, clock.now()):
+        # A second Checkout would start a second subscription, billed alongside the first.
+        plan_name = PLANS[org.plan_id].name
+        flash(f"{org.name} is on the {plan_name} plan: change it in Manage billing.", "info")
+        return redirect(url_for("orgs.usage", slug=org.slug))  # type: ignore[return-value]
     subject = SubjectRef(SubjectKind.ORGANIZATION, org.id)
     return _go_to_stripe(
         lambda: checkout_url(
@@ -190,6 +199,14 @@ def _seats_needed(org: Organization) -> int:
     return max(org.seats, len(org.memberships))
 
 
+@blueprint.app_template_global("organization_subscribed")
+def organization_subscribed_now(organization_id: int) -> bool:
+    """Whether the organization page offers Manage billing rather than Subscribe: the rule
+    ``organization_checkout`` enforces."""
+    org = db.session.get(Organization, organization_id)
+    return org is not None and organization_subscribed(org, clock.now())
+
+
 @blueprint.post("/stripe/webhook")
 @csrf.exempt
 def stripe_webhook() -> Response | tuple[Response, int]:
@@ -206,15 +223,13 @@ def stripe_webhook() -> Response | tuple[Response, int]:
     except InvalidSignature as invalid:
         log.warning("refused a webhook delivery: %s", invalid)
         return jsonify(error="invalid signature"), 400
-    gateway = stripe_billing()
+    gateway = stripe_billing(for_webhook=True)
     if gateway is None:
         log.error("a Stripe event arrived, but STRIPE_API_KEY is not set to look it up")
         raise BillingUnavailable()
-    try:
-        handled = handle_event(db.session(), event, gateway, now)
-    except StripeUnavailable as error:
-        db.session.commit()  # the event stays pending: Stripe delivers it again
-        log.error("Stripe could not be reached for event %s: %s", event.get("id"), error)
-        raise BillingUnavailable() from None
+    handled = handle_event(db.session(), event, OneRequest(gateway), now)
     db.session.commit()
+    if handled.outcome == "pending":
+        # Acknowledged all the same: sync-subscriptions --pending-only finishes it.
+        log.warning("event %s left pending: %s", event.get("id"), handled.message)
     return jsonify(received=True, outcome=handled.outcome)

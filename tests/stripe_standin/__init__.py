@@ -31,7 +31,9 @@ Stripe Billing, enough for the portal's subscriptions, the same way:
 * Billing Portal sessions (``POST /v1/billing_portal/sessions``) and
   ``GET /v1/events/{id}``;
 * unknown parameters refused with ``parameter_unknown``, using the stripe
-  library's own list of each endpoint's parameters.
+  library's own list of each endpoint's parameters;
+* Billing answers held back on request (``delay_billing``), past a client's
+  timeout.
 
 What the customer and Stripe's clockwork do (paying a Checkout Session, a
 renewal, a failed payment, a change in the Billing Portal) are test helpers

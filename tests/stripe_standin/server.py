@@ -81,6 +81,7 @@ class _State:
     events: dict[str, RecordedEvent] = field(default_factory=dict)
     requests: list[ReceivedRequest] = field(default_factory=list)
     faults: deque[Fault] = field(default_factory=deque)
+    billing_delays: deque[float] = field(default_factory=deque)
     in_flight: Counter[tuple[str, str]] = field(default_factory=Counter)
     max_in_flight: int = 0
 
@@ -156,6 +157,12 @@ class StripeStandIn(Checkout):
         with self._state.lock:
             self._state.faults.extend(faults)
 
+    def delay_billing(self, *seconds: float) -> None:
+        """Answer the next Billing requests (not meter events) that many seconds late, one
+        delay each, in order: a Stripe slower than the client's timeout."""
+        with self._state.lock:
+            self._state.billing_delays.extend(seconds)
+
     def clear_faults(self) -> None:
         """Drop the faults not triggered yet: Stripe behaves normally again."""
         with self._state.lock:
@@ -214,6 +221,12 @@ class StripeStandIn(Checkout):
                     self._state.faults.remove(fault)
                     return fault
         return None
+
+    def _billing_delay(self) -> None:
+        with self._state.lock:
+            delay = self._state.billing_delays.popleft() if self._state.billing_delays else 0.0
+        if delay:
+            time.sleep(delay)
 
     def _log(self, request: ReceivedRequest) -> None:
         if self.record_requests:
@@ -348,6 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, f"Unrecognized request URL ({method}: {self.path}).")
             standin._check_key(self.headers.get("Authorization"))
             answer = handler(decode_form(encoded))
+            standin._billing_delay()
         except ApiError as error:
             self._answer(error.status, error_body(error), error.headers)
             return
