@@ -197,3 +197,26 @@ def test_navigation_lists_only_administered_orgs(session: Session, signed_in: Si
     org, admin, members = team(session, [1])
     assert org.name in signed_in(admin.email).get("/usage").get_data(as_text=True)
     assert org.name not in signed_in(members[0].email).get("/usage").get_data(as_text=True)
+
+
+def test_download_csv_exports_the_filtered_table_and_export_all_every_member(
+    session: Session, signed_in: SignIn
+) -> None:
+    org, admin, _ = team(session, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+    browser = signed_in(admin.email)
+    page = browser.get(f"/orgs/{org.slug}/usage?q=member 1").get_data(as_text=True)
+    shown = re.search(r'href="([^"]+)" download data-testid="export-shown">([^<]+)<', page)
+    every = re.search(r'href="([^"]+)" download data-testid="export-all">([^<]+)<', page)
+    assert shown and every
+    assert shown.group(2) == "Download CSV of these 2"  # Member 10 and Member 11
+    assert every.group(2) == "Export all members"
+
+    def emails(link: str) -> list[str]:
+        body = browser.get(link.replace("&amp;", "&")).get_data(as_text=True)
+        return [row[1] for row in list(csv.reader(io.StringIO(body)))[1:]]
+
+    assert sorted(emails(shown.group(1))) == [f"m{n:02d}@{org.slug}.example" for n in (10, 11)]
+    assert len(emails(every.group(1))) == 13
+    unfiltered = browser.get(f"/orgs/{org.slug}/usage").get_data(as_text=True)
+    assert 'data-testid="export-shown"' not in unfiltered
+    assert re.search(r'data-testid="export-all">Download CSV<', unfiltered)
