@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, g, redirect, request, url_for
-from flask_login import AnonymousUserMixin, UserMixin
+from flask import Flask, Response, current_app, flash, g, redirect, request, session, url_for
+from flask_login import AnonymousUserMixin, UserMixin, logout_user
 
 from portal import clock
 from portal.extensions import db, login_manager
@@ -62,11 +63,24 @@ def without_reading_the_user() -> None:
     g._login_user = login_manager.anonymous_user()
 
 
+SESSION_ENDED = "Your session ended; sign in again."
+
+
 def unauthorized() -> Response:
-    """Signed-out visitors go to /login; an HTMX poll makes the whole page go there."""
+    """Signed-out visitors go to /login, and come back to where they were once signed in.
+
+    A browser whose cookie names a session that has ended (signed out
+    elsewhere, timed out, disabled) is told so. An HTMX poll makes the whole
+    page go there, and back to the page it polled from (``HX-Current-URL``).
+    """
+    if "_user_id" in session:  # a cookie that signed someone in, whose session is over
+        logout_user()
+        flash(SESSION_ENDED, "info")
     if request.headers.get("HX-Request"):
         response = Response(status=401)
-        response.headers["HX-Redirect"] = url_for("auth.login")
+        page = urlsplit(request.headers.get("HX-Current-URL", ""))
+        where = page.path + (f"?{page.query}" if page.query else "")
+        response.headers["HX-Redirect"] = url_for("auth.login", next=where or None)
         return response
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))  # type: ignore[return-value]
 

@@ -124,3 +124,36 @@ def test_the_timeouts_are_settings(
     )
     assert (config["SESSION_IDLE_HOURS"], config["SESSION_LIFETIME_DAYS"]) == (hours, days)
     assert config["PERMANENT_SESSION_LIFETIME"] == timedelta(days=days)
+
+
+def test_a_session_ended_under_a_polling_page_says_so_and_comes_back_there(
+    app: Flask, session: Session, signed_in: SignIn
+) -> None:
+    user = make_user(session, password=PASSWORD)
+    session.commit()
+    browser = signed_in(user.email)
+    assert (
+        app.test_cli_runner().invoke(args=["sign-out-user", "--email", user.email]).exit_code == 0
+    )
+
+    poll = browser.get(
+        "/usage/current",
+        headers={"HX-Request": "true", "HX-Current-URL": "http://localhost/usage/history?x=1"},
+    )
+    assert poll.status_code == 401
+    assert poll.headers["HX-Redirect"] == "/login?next=/usage/history?x%3D1"
+    login = browser.get(poll.headers["HX-Redirect"]).get_data(as_text=True)
+    assert "Your session ended; sign in again." in login
+    again = browser.get(poll.headers["HX-Redirect"]).get_data(as_text=True)
+    assert "session ended" not in again  # told once
+    token = csrf_token(again)
+    back = browser.post(
+        poll.headers["HX-Redirect"],
+        data={"csrf_token": token, "email": user.email, "password": PASSWORD},
+    )
+    assert back.status_code == 302 and back.headers["Location"] == "/usage/history?x=1"
+
+
+def test_a_visitor_who_never_signed_in_is_not_told_a_session_ended(app: Flask) -> None:
+    page = app.test_client().get("/usage", follow_redirects=True).get_data(as_text=True)
+    assert "Sign in" in page and "session ended" not in page
