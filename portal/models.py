@@ -32,7 +32,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal import clock
 from portal.extensions import db
-from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
+from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS, WARNING_PERCENT
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -83,6 +83,8 @@ REPORT_SKIP_REASONS = ("not_billable", "free_plan", "no_customer", "already_repo
 REPORT_BATCH_STATUSES = ("pending", "sent", "failed")
 REPORT_RUN_OUTCOMES = ("running", "ok", "incomplete", "failed", "error")
 NOTIFICATION_CHANNELS = ("email", "webhook")
+ALERTABLE = f"included > 0 AND used * 100 >= included * {WARNING_PERCENT}"
+"""Running totals at or past the lowest notification threshold (the plans' warning level)."""
 NOTIFICATION_STATUSES = ("pending", "sending", "handed_over", "sent", "failed", "cancelled")
 
 
@@ -371,6 +373,14 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
             unique=True,
             postgresql_where=text("organization_id IS NOT NULL"),
         ),
+        # The totals ``flask send-notifications`` looks at each minute: only those at or
+        # past the lowest threshold, so the search stays small however long the history.
+        Index(
+            "ix_usage_records_alertable",
+            "period_end",
+            postgresql_include=["period_start", "used", "included", "plan_id"],
+            postgresql_where=text(ALERTABLE),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -510,14 +520,16 @@ class UsageReportBatch(db.Model):  # type: ignore[name-defined,misc]
 class UsageAlert(db.Model):  # type: ignore[name-defined,misc]
     """A billing subject's usage crossed a threshold (80, 95 or 100 %) in one period.
 
-    One row per running total (``usage_records``) and threshold, at most: the
-    unique key is what makes each crossing announced once. The figures are
-    those seen when it was found, so every message and retry says the same.
+    One row per running total (``usage_records``), allowance and threshold, at
+    most: the unique key is what makes each crossing announced once. A plan
+    changed within the period (an upgrade, seats bought) is a new allowance,
+    whose thresholds are announced anew. The figures are those seen when it was
+    found, so every message and retry says the same.
     """
 
     __tablename__ = "usage_alerts"
     __table_args__ = (
-        UniqueConstraint("usage_record_id", "threshold"),
+        UniqueConstraint("usage_record_id", "plan_id", "included", "threshold"),
         CheckConstraint("threshold IN (80, 95, 100)", name="threshold"),
     )
 

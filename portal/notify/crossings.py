@@ -3,15 +3,16 @@
 Read from ``usage_records``, the running totals recording already keeps, by
 ``flask send-notifications``: recording itself does no more work than before.
 
-Exactly once: ``usage_alerts`` holds at most one row per running total and
-threshold (its unique key), and ``notifications`` at most one per alert,
+Exactly once: ``usage_alerts`` holds at most one row per running total,
+allowance and threshold (its unique key), and ``notifications`` at most one per alert,
 recipient and channel. A run takes a transaction-level advisory lock before
 it looks, so two runs never judge the same totals at once; the keys hold
 even so. Only a threshold higher than every one already announced for the
 total is written, and only the highest one reached: usage that jumps from
 70 % to 97 % (a batch, or usage recorded while no run went) gives one alert,
 at 95 %, and never a late one at 80 %. A new period is a new running total,
-so it starts with nothing announced.
+so it starts with nothing announced; so is a new allowance within a period (an
+upgrade, seats bought): its thresholds are announced anew.
 
 Who hears: an individual plan's user; for an organization's pool, its admins
 and the members who asked to, unless its admins silenced the pool. Disabled
@@ -27,11 +28,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import CompoundSelect, false, func, literal, or_, select, true, union_all
+from sqlalchemy import (
+    CompoundSelect,
+    case,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from portal.models import (
+    ALERTABLE,
     Membership,
     Notification,
     NotificationPreference,
@@ -41,13 +54,12 @@ from portal.models import (
     User,
     UTCDateTime,
 )
-from portal.plans import LEVEL_FLOORS, WarningLevel, warning_level
+from portal.plans import LEVEL_FLOORS, WarningLevel
 
 THRESHOLDS: dict[WarningLevel, int] = {
     level: floor for level, floor in LEVEL_FLOORS if level is not WarningLevel.OK
 }
 """The percent each level starts at: the thresholds announced (80, 95, 100)."""
-LOWEST_THRESHOLD = min(THRESHOLDS.values())
 
 _DETECTION_LOCK = 0x4E4F_5449  # "NOTI": one run looks at the totals at a time
 
@@ -60,65 +72,72 @@ class Detected:
     """Messages written about them, over every recipient and channel."""
 
 
-def crossed_threshold(used: int, included: int) -> int | None:
-    """The highest threshold ``used`` reached of ``included``, if any (the plans' one rule)."""
-    return THRESHOLDS.get(warning_level(used, included))
+# The plans' rule (``plans.warning_level``) in SQL, built from the same table of floors:
+# the highest threshold a total reached.
+_CROSSED = case(
+    *(
+        (UsageRecord.used * 100 >= UsageRecord.included * floor, floor)
+        for floor in sorted(THRESHOLDS.values(), reverse=True)
+    ),
+    else_=None,
+)
+_ALERT_COLUMNS = [
+    "usage_record_id",
+    "threshold",
+    "plan_id",
+    "used",
+    "included",
+    "period_start",
+    "period_end",
+    "detected_at",
+]
 
 
 def detect_crossings(session: Session, now: datetime, channels: tuple[str, ...]) -> Detected:
-    """Write an alert for each threshold newly crossed and its messages on ``channels``; commits."""
+    """Write an alert for each threshold newly crossed and its messages on ``channels``; commits.
+
+    One statement finds and writes the alerts: the totals of running periods
+    at or past the lowest threshold (``ix_usage_records_alertable``) whose
+    highest threshold reached is above every one announced for the same plan
+    and allowance.
+    """
     session.execute(select(func.pg_advisory_xact_lock(_DETECTION_LOCK)))
     announced = (
-        select(func.max(UsageAlert.threshold))
-        .where(UsageAlert.usage_record_id == UsageRecord.id)
-        .scalar_subquery()
-    )
-    candidates = session.execute(
-        select(
-            UsageRecord.id,
-            UsageRecord.used,
-            UsageRecord.included,
-            UsageRecord.plan_id,
-            UsageRecord.period_start,
-            UsageRecord.period_end,
-            func.coalesce(announced, 0).label("announced"),
-        ).where(
-            UsageRecord.period_end > now,
-            UsageRecord.period_start <= now,
-            UsageRecord.included > 0,
-            # Only what reached the lowest threshold is worth a look; the rule itself is
-            # ``crossed_threshold``.
-            UsageRecord.used * 100 >= UsageRecord.included * LOWEST_THRESHOLD,
+        select(UsageAlert.id)
+        .where(
+            UsageAlert.usage_record_id == UsageRecord.id,
+            UsageAlert.plan_id == UsageRecord.plan_id,
+            UsageAlert.included == UsageRecord.included,
+            UsageAlert.threshold >= _CROSSED,
         )
-    ).all()
-    alerts = []
-    for record in candidates:
-        threshold = crossed_threshold(record.used, record.included)
-        if threshold is not None and threshold > record.announced:
-            alerts.append(
-                {
-                    "usage_record_id": record.id,
-                    "threshold": threshold,
-                    "plan_id": record.plan_id,
-                    "used": record.used,
-                    "included": record.included,
-                    "period_start": record.period_start,
-                    "period_end": record.period_end,
-                    "detected_at": now,
-                }
-            )
-    if not alerts:
-        session.commit()
-        return Detected(0, 0)
+        .exists()
+    )
+    newly_crossed = select(
+        UsageRecord.id,
+        _CROSSED,
+        UsageRecord.plan_id,
+        UsageRecord.used,
+        UsageRecord.included,
+        UsageRecord.period_start,
+        UsageRecord.period_end,
+        literal(now, UTCDateTime()),
+    ).where(
+        UsageRecord.period_end > now,
+        UsageRecord.period_start <= now,
+        text(ALERTABLE),  # the index's own condition, word for word, so the planner uses it
+        ~announced,
+    )
     alert_ids = list(
         session.scalars(
             insert(UsageAlert)
-            .values(alerts)
-            .on_conflict_do_nothing(index_elements=["usage_record_id", "threshold"])
+            .from_select(_ALERT_COLUMNS, newly_crossed)
+            .on_conflict_do_nothing(
+                index_elements=["usage_record_id", "plan_id", "included", "threshold"]
+            )
             .returning(UsageAlert.id)
         )
     )
-    written = _write_notifications(session, alert_ids, channels, now) if channels else 0
+    written = _write_notifications(session, alert_ids, channels, now) if alert_ids else 0
     session.commit()
     return Detected(len(alert_ids), written)
 

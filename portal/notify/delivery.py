@@ -11,7 +11,9 @@ class Outcome(enum.StrEnum):
     RETRY = "retry"
     """It may pass later: a timeout, a refused connection, SMTP 4xx, HTTP 429 or 5xx."""
     FAILED = "failed"
-    """It will not pass as it is: SMTP 5xx, HTTP 4xx."""
+    """It will not pass as it is: SMTP 5xx, HTTP 4xx, an address the server cannot take."""
+    TAKEN_OVER = "taken_over"
+    """This run's lease ran out and another run holds the message now: not sent from here."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import ssl
 from collections.abc import Callable
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, parseaddr
 
 from portal.notify.delivery import Delivered, Outcome
@@ -37,8 +37,13 @@ TIMEOUT_SECONDS = 15.0
 def compose(
     message: AlertMessage, rendered: Rendered, links: Links, settings: MailSettings
 ) -> EmailMessage:
-    """The email: plain text and HTML, and the headers that let a mailbox unsubscribe at once."""
-    email = EmailMessage(policy=SMTP)
+    """The email: plain text and HTML, and the headers that let a mailbox unsubscribe at once.
+
+    The parts are quoted-printable, 7-bit clean for any server; an address
+    outside ASCII needs the SMTPUTF8 extension (``send`` checks the server has it).
+    """
+    addresses = settings.sender + message.recipient_email
+    email = EmailMessage(policy=SMTP if addresses.isascii() else SMTPUTF8)
     email["From"] = settings.sender
     email["To"] = Address(display_name=message.recipient_name, addr_spec=message.recipient_email)
     email["Subject"] = rendered.subject
@@ -48,22 +53,30 @@ def compose(
     email["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to it
     email["List-Unsubscribe"] = f"<{links.unsubscribe}>"
     email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058
-    email.set_content(rendered.text)
-    email.add_alternative(rendered.html, subtype="html")
+    email.set_content(rendered.text, cte="quoted-printable")
+    email.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
     return email
 
 
-def send(settings: MailSettings, email: EmailMessage, on_handover: Callable[[], None]) -> Delivered:
-    """Deliver one email; ``on_handover`` records it just before the final dot."""
+def send(settings: MailSettings, email: EmailMessage, on_handover: Callable[[], bool]) -> Delivered:
+    """Deliver one email; ``on_handover`` records it just before the final dot.
+
+    When ``on_handover`` finds that another run holds the message now, the
+    connection is closed before the dot: the server drops what it has.
+    """
     handover = _Handover(on_handover)
     try:
         smtp = _connect(settings)
     except smtplib.SMTPResponseException as error:
         return _answered(error.smtp_code, error.smtp_error)
-    except (smtplib.SMTPException, OSError) as error:  # refused, timed out, no TLS
+    except smtplib.SMTPNotSupportedError as error:  # no TLS: the operator's to fix; kept till then
+        return Delivered(Outcome.RETRY, f"SMTP server not used: {_words(error)}")
+    except (smtplib.SMTPException, OSError) as error:  # refused, timed out
         return Delivered(Outcome.RETRY, f"SMTP server unreachable: {_words(error)}")
     try:
         return _transact(smtp, settings, email, handover)
+    except _TakenOver:
+        return Delivered(Outcome.TAKEN_OVER, "another run holds this message now")
     except smtplib.SMTPResponseException as error:
         return _answered(error.smtp_code, error.smtp_error)
     except (smtplib.SMTPException, OSError) as error:  # dropped, timed out
@@ -81,9 +94,13 @@ def send(settings: MailSettings, email: EmailMessage, on_handover: Callable[[], 
 
 
 class _Handover:
-    def __init__(self, record: Callable[[], None]) -> None:
+    def __init__(self, record: Callable[[], bool]) -> None:
         self.record = record
         self.dot_sent = False
+
+
+class _TakenOver(Exception):
+    """The hand-over could not be recorded: this run no longer holds the message."""
 
 
 def _connect(settings: MailSettings) -> smtplib.SMTP:
@@ -97,11 +114,12 @@ def _connect(settings: MailSettings) -> smtplib.SMTP:
     if smtp.has_extn("starttls"):
         smtp.starttls(context=context)
         smtp.ehlo()
-    elif settings.username:
+    elif not settings.plain_allowed:
         smtp.close()
-        # Never a password over a connection anyone on the path can read.
+        # Emails carry unsubscribe links, and the login a password: never readable on the way.
         raise smtplib.SMTPNotSupportedError(
-            "the server offers no STARTTLS, and credentials are only sent encrypted"
+            "the server offers no STARTTLS; only a server on this machine may be spoken to "
+            "unencrypted (smtp://127.0.0.1, smtp://localhost)"
         )
     return smtp
 
@@ -115,18 +133,26 @@ def _transact(
     if settings.username:
         smtp.login(settings.username, settings.password or "")
     sender = parseaddr(settings.sender)[1]
-    for command, argument, accepted in (
-        (smtp.mail, sender, (250,)),
-        (smtp.rcpt, str(email["To"].addresses[0].addr_spec), (250, 251)),
-    ):
-        code, reply = command(argument)
-        if code not in accepted:
-            return _answered(code, reply)
+    recipient = str(email["To"].addresses[0].addr_spec)
+    options: list[str] = []
+    if not (sender + recipient).isascii():
+        if not smtp.has_extn("smtputf8"):
+            return Delivered(
+                Outcome.FAILED, f"the mail server takes no address outside ASCII ({recipient})"
+            )
+        options = ["SMTPUTF8", "BODY=8BITMIME"]
+    code, reply = smtp.mail(sender, options)
+    if code != 250:
+        return _answered(code, reply)
+    code, reply = smtp.rcpt(recipient)
+    if code not in (250, 251):
+        return _answered(code, reply)
     code, reply = smtp.docmd("DATA")
     if code != 354:
         return _answered(code, reply)
     smtp.send(_dot_stuffed(email.as_bytes()))
-    handover.record()
+    if not handover.record():
+        raise _TakenOver
     smtp.send(b".\r\n")
     handover.dot_sent = True
     code, reply = smtp.getreply()

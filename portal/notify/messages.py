@@ -58,6 +58,11 @@ class AlertMessage:
     organization's admin."""
 
     @property
+    def lease(self) -> tuple[uuid.UUID, int]:
+        """The outbox's name for this run's hold on the message (``outbox.Held``)."""
+        return (self.event_id, self.attempt)
+
+    @property
     def plan(self) -> Plan:
         return self.figures.plan
 

@@ -4,6 +4,9 @@ A run leases a message (``sending``, with ``next_attempt_at`` as the lease's
 end) in a committed statement before it delivers it, skipping rows another
 run holds, so two runs never send the same message. A run that dies leaves
 its lease to run out; the message is then due again, with the same event id.
+Each lease is known by the message and its attempt number (``Held``): a run
+whose lease ran out while it was still delivering (a slow server) finds its
+lease taken when it renews it or records the hand-over, and stops there.
 An email whose SMTP transaction got as far as the final dot is
 ``handed_over`` first: if the run dies then, the message is counted as sent
 and never sent again (see ``mail`` and docs/architecture.md).
@@ -18,7 +21,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from portal.models import Membership, Notification, Organization, UsageAlert, UsageRecord, User
@@ -57,7 +60,11 @@ def settle_handed_over(session: Session, now: datetime) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def lease_due(session: Session, now: datetime, limit: int) -> list[uuid.UUID]:
+Held = tuple[uuid.UUID, int]
+"""A lease: the message's id and the attempt this run made it."""
+
+
+def lease_due(session: Session, now: datetime, limit: int) -> list[Held]:
     """Take up to ``limit`` due messages for this run; commits, so the lease holds."""
     due = (
         select(Notification.id)
@@ -66,25 +73,23 @@ def lease_due(session: Session, now: datetime, limit: int) -> list[uuid.UUID]:
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    leased = list(
-        session.scalars(
-            update(Notification)
-            .where(Notification.id.in_(due.scalar_subquery()))
-            .values(
-                status="sending",
-                attempts=Notification.attempts + 1,
-                next_attempt_at=now + LEASE,
-            )
-            .returning(Notification.id)
+    leased = session.execute(
+        update(Notification)
+        .where(Notification.id.in_(due.scalar_subquery()))
+        .values(
+            status="sending",
+            attempts=Notification.attempts + 1,
+            next_attempt_at=now + LEASE,
         )
-    )
+        .returning(Notification.id, Notification.attempts)
+    ).all()
     session.commit()
-    return leased
+    return [(notification_id, attempt) for notification_id, attempt in leased]
 
 
 def leased_messages(
-    session: Session, ids: list[uuid.UUID], now: datetime
-) -> tuple[list[AlertMessage], dict[uuid.UUID, str]]:
+    session: Session, held: list[Held], now: datetime
+) -> tuple[list[AlertMessage], dict[Held, str]]:
     """The messages to deliver, and why each of the others is no longer wanted.
 
     A message is no longer wanted when its recipient turned the channel off,
@@ -92,8 +97,9 @@ def leased_messages(
     written (the question ``crossings`` asked when it wrote it), or when its
     period is over: "80 % used" about a period that has ended would mislead.
     """
-    if not ids:
+    if not held:
         return [], {}
+    ids = [notification_id for notification_id, _ in held]
     rows = session.execute(
         select(Notification, UsageAlert, User, Organization, Membership.role)
         .join(UsageAlert, UsageAlert.id == Notification.alert_id)
@@ -115,13 +121,14 @@ def leased_messages(
         if getattr(row, channel)
     }
     messages: list[AlertMessage] = []
-    unwanted: dict[uuid.UUID, str] = {}
+    unwanted: dict[Held, str] = {}
     for notification, alert, user, organization, role in rows:
+        lease = (notification.id, notification.attempts)
         if (alert.id, user.id, notification.channel) not in wanted:
-            unwanted[notification.id] = "no longer wanted: turned off, or the recipient left"
+            unwanted[lease] = "no longer wanted: turned off, or the recipient left"
             continue
         if alert.period_end <= now:
-            unwanted[notification.id] = "the billing period ended before it could be sent"
+            unwanted[lease] = "the billing period ended before it could be sent"
             continue
         figures = UsageFigures(get_plan(alert.plan_id), alert.used, alert.included)
         messages.append(
@@ -149,59 +156,69 @@ def leased_messages(
     return messages, unwanted
 
 
-def _settle(session: Session, ids: list[uuid.UUID], **values: object) -> None:
-    """Move messages this run holds on; commits. A message no run holds is left alone."""
-    session.execute(
+def _settle(session: Session, held: list[Held], **values: object) -> bool:
+    """Move on messages whose lease this run still holds; commits. Whether any moved."""
+    if not held:
+        return False
+    result = session.execute(
         update(Notification)
-        .where(Notification.id.in_(ids), Notification.status.in_(("sending", "handed_over")))
+        .where(
+            tuple_(Notification.id, Notification.attempts).in_(held),
+            Notification.status.in_(("sending", "handed_over")),
+        )
         .values(**values)
     )
     session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def mark_handed_over(session: Session, notification_id: uuid.UUID) -> None:
-    _settle(session, [notification_id], status="handed_over")
+def renew_lease(session: Session, lease: Held, now: datetime) -> bool:
+    """Hold the message for another ``LEASE`` before delivering it; ``False`` once another run
+    took it (this run's lease ran out)."""
+    return _settle(session, [lease], next_attempt_at=now + LEASE)
 
 
-def mark_sent(
-    session: Session, notification_id: uuid.UUID, now: datetime, note: str | None = None
-) -> None:
-    _settle(session, [notification_id], status="sent", finished_at=now, last_error=note)
+def mark_handed_over(session: Session, lease: Held) -> bool:
+    """Record an email as handed over, if this run still holds it (else: do not finish it)."""
+    return _settle(session, [lease], status="handed_over")
 
 
-def release(session: Session, ids: list[uuid.UUID]) -> None:
+def mark_sent(session: Session, lease: Held, now: datetime, note: str | None = None) -> None:
+    _settle(session, [lease], status="sent", finished_at=now, last_error=note)
+
+
+def release(session: Session, held: list[Held]) -> None:
     """Give back messages this run leased and did not get to: due again at once, uncounted."""
     _settle(
         session,
-        ids,
+        held,
         status="pending",
         attempts=Notification.attempts - 1,
         next_attempt_at=Notification.next_attempt_at - LEASE,
     )
 
 
-def mark_failed(session: Session, notification_id: uuid.UUID, now: datetime, error: str) -> None:
-    _settle(session, [notification_id], status="failed", finished_at=now, last_error=error)
+def mark_failed(session: Session, lease: Held, now: datetime, error: str) -> None:
+    _settle(session, [lease], status="failed", finished_at=now, last_error=error)
 
 
-def mark_cancelled(session: Session, reasons: dict[uuid.UUID, str], now: datetime) -> None:
+def mark_cancelled(session: Session, reasons: dict[Held, str], now: datetime) -> None:
     for reason in set(reasons.values()):
-        ids = [notification_id for notification_id, why in reasons.items() if why == reason]
-        _settle(session, ids, status="cancelled", finished_at=now, last_error=reason)
+        held = [lease for lease, why in reasons.items() if why == reason]
+        _settle(session, held, status="cancelled", finished_at=now, last_error=reason)
 
 
-def retry_later(
-    session: Session, notification_id: uuid.UUID, attempts: int, now: datetime, error: str
-) -> bool:
+def retry_later(session: Session, lease: Held, now: datetime, error: str) -> bool:
     """Put a message back for a later attempt, or fail it after the last; whether it will retry."""
-    if attempts >= MAX_ATTEMPTS:
-        mark_failed(session, notification_id, now, f"gave up after {attempts} attempts: {error}")
+    attempt = lease[1]
+    if attempt >= MAX_ATTEMPTS:
+        mark_failed(session, lease, now, f"gave up after {attempt} attempts: {error}")
         return False
     _settle(
         session,
-        [notification_id],
+        [lease],
         status="pending",
-        next_attempt_at=now + RETRY_AFTER[attempts - 1],
+        next_attempt_at=now + RETRY_AFTER[attempt - 1],
         last_error=error,
     )
     return True

@@ -61,12 +61,16 @@ def set_preferences(
 
 def turn_email_off(session: Session, user_id: int, now: datetime) -> None:
     """What the unsubscribe link does: email off, the other preferences kept."""
-    current = preferences_of(session, user_id)
-    set_preferences(
-        session,
-        user_id,
-        Preferences(email=False, webhook=current.webhook, pool_alerts=current.pool_alerts),
-        now,
+    # One statement that writes only ``email``: reading the row first and
+    # writing all three back would undo a change to the others saved between
+    # the read and the write (the settings page, in another tab).
+    session.execute(
+        insert(NotificationPreference)
+        .values(user_id=user_id, email=False, updated_at=now)
+        .on_conflict_do_update(
+            index_elements=[NotificationPreference.user_id],
+            set_={"email": False, "updated_at": now},
+        )
     )
 
 

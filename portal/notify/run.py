@@ -8,6 +8,7 @@ sent (``outbox``). Runs may overlap; each message still goes out once.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,8 @@ from portal.notify.crossings import detect_crossings
 from portal.notify.delivery import Delivered, Outcome
 from portal.notify.messages import AlertMessage, LinksFor, Render
 from portal.notify.settings import NotifySettings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SECONDS = 50.0
 """Under a minute, so runs started each minute by cron rarely overlap."""
@@ -58,14 +61,17 @@ class NotifySummary:
     """No longer wanted: the channel turned off, the period over."""
     unconfirmed: int = 0
     """Emails a dead run had handed over, counted as sent."""
+    deferred: int = 0
+    """Due, but left for the next run: the time budget ran out."""
     duration_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     """Why messages failed or wait for a retry (the first few)."""
 
     @property
     def exit_code(self) -> int:
-        """0 when every message due was settled; 1 when one failed or waits for a retry."""
-        return 1 if self.failed or self.retrying else 0
+        """0 when every message due was settled; 1 when one failed, waits for a retry, or was
+        left for the next run."""
+        return 1 if self.failed or self.retrying or self.deferred else 0
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "exit_code": self.exit_code}
@@ -96,14 +102,28 @@ def send_notifications(
         summary.cancelled += len(unwanted)
         for number, message in enumerate(messages):
             if monotonic() - started >= options.max_seconds:
-                outbox.release(session, [later.event_id for later in messages[number:]])
+                outbox.release(session, [later.lease for later in messages[number:]])
+                summary.deferred += len(messages) - number
                 break
+            if not outbox.renew_lease(session, message.lease, now()):
+                continue  # this run was too slow: another one holds the message now
             _settle(session, message, _deliver(session, channels, message, now), now, summary)
     summary.duration_s = round(monotonic() - started, 3)
     return summary
 
 
 def _deliver(
+    session: Session, channels: Channels, message: AlertMessage, now: Callable[[], datetime]
+) -> Delivered:
+    """Deliver one message; whatever goes wrong with it is its own failure, not the run's."""
+    try:
+        return _deliver_on_channel(session, channels, message, now)
+    except Exception as error:  # noqa: BLE001 - recorded as this message's failure, and logged
+        log.exception("notification %s could not be sent", message.event_id)
+        return Delivered(Outcome.FAILED, f"could not be sent: {type(error).__name__}: {error}")
+
+
+def _deliver_on_channel(
     session: Session, channels: Channels, message: AlertMessage, now: Callable[[], datetime]
 ) -> Delivered:
     settings = channels.settings
@@ -114,7 +134,7 @@ def _deliver(
             return Delivered(Outcome.RETRY, "email is not set up (SMTP_URL, MAIL_FROM)")
         email = mail.compose(message, rendered, links, settings.mail)
         return mail.send(
-            settings.mail, email, lambda: outbox.mark_handed_over(session, message.event_id)
+            settings.mail, email, lambda: outbox.mark_handed_over(session, message.lease)
         )
     if settings.webhook is None:
         return Delivered(Outcome.RETRY, "the webhook is not set up (NOTIFY_WEBHOOK_URL)")
@@ -129,17 +149,19 @@ def _settle(
     now: Callable[[], datetime],
     summary: NotifySummary,
 ) -> None:
+    if delivered.outcome is Outcome.TAKEN_OVER:
+        return
     if delivered.outcome is Outcome.SENT:
-        outbox.mark_sent(session, message.event_id, now(), note=delivered.detail)
+        outbox.mark_sent(session, message.lease, now(), note=delivered.detail)
         summary.sent += 1
         return
     error = f"{message.channel} to {message.recipient_email}: {delivered.detail}"
     summary.note(error)
     if delivered.outcome is Outcome.RETRY and outbox.retry_later(
-        session, message.event_id, message.attempt, now(), delivered.detail or "retry"
+        session, message.lease, now(), delivered.detail or "retry"
     ):
         summary.retrying += 1
         return
     if delivered.outcome is Outcome.FAILED:
-        outbox.mark_failed(session, message.event_id, now(), delivered.detail or "failed")
+        outbox.mark_failed(session, message.lease, now(), delivered.detail or "failed")
     summary.failed += 1

@@ -20,6 +20,7 @@ from portal.config import ConfigError
 SETTING_PREFIXES = ("SMTP_", "MAIL_", "NOTIFY_")
 SMTP_PORTS = {"smtp": 587, "smtps": 465}
 MIN_WEBHOOK_SECRET_LENGTH = 24
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,17 @@ class MailSettings:
     host: str
     port: int
     implicit_tls: bool
-    """``smtps://``: TLS from the first byte. ``smtp://`` upgrades with STARTTLS when offered."""
+    """``smtps://``: TLS from the first byte. ``smtp://`` upgrades with STARTTLS, which the
+    server must offer unless it runs on this machine (``plain_allowed``)."""
     username: str | None
     password: str | None
     sender: str
+
+    @property
+    def plain_allowed(self) -> bool:
+        """A server on the loopback interface may be spoken to without TLS: nothing is on the
+        way to read it (a local relay, a development sink)."""
+        return self.host in LOOPBACK_HOSTS
 
     def __repr__(self) -> str:  # never the password, not even in a traceback
         scheme = "smtps" if self.implicit_tls else "smtp"

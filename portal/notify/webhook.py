@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import requests
 
@@ -54,12 +55,14 @@ def send(
             allow_redirects=False,  # a redirect would carry the signed body somewhere else
         )
     except requests.RequestException as error:
-        return Delivered(Outcome.RETRY, f"webhook unreachable: {type(error).__name__}: {error}")
+        # The type and the host only: the URL's path or query may hold the receiver's secret.
+        host = urlsplit(settings.url).hostname
+        return Delivered(Outcome.RETRY, f"webhook at {host} unreachable: {type(error).__name__}")
     status = response.status_code
     if 200 <= status < 300:
         return Delivered(Outcome.SENT)
     retry = status >= 500 or status in RETRIED_STATUSES
     return Delivered(
         Outcome.RETRY if retry else Outcome.FAILED,
-        f"webhook answered HTTP {status}: {response.text[:200]}",
+        f"webhook answered HTTP {status}: {response.text[:200]!r}",
     )

@@ -23,6 +23,17 @@ MESSAGES = {
     429: "Too many attempts. Wait a minute and try again.",
     500: "Something went wrong on our side. Try again in a moment.",
 }
+TITLES = {
+    400: "That didn't work",
+    403: "Not for you to see",
+    404: "Page not found",
+    405: "Not allowed here",
+    413: "That was too large",
+    429: "Too many requests",
+    500: "Something went wrong",
+    503: "Back in a moment",
+}
+"""What an error page is called: its heading and its tab's title, never a bare number."""
 
 
 def _html_error(
@@ -33,7 +44,14 @@ def _html_error(
     ``offline``: the database is what failed, so the page is drawn without
     the signed-in user (whom reading would fail again).
     """
-    context = {"status": status, "message": message, "poll_seconds": 0, "offline": offline}
+    context = {
+        "status": status,
+        "title": TITLES.get(status, "That didn't work" if status < 500 else "Something went wrong"),
+        "message": message,
+        "poll_seconds": 0,
+        "offline": offline,
+        "retry_after": _retry_after(error),
+    }
     if offline:
         without_reading_the_user()
     if request.headers.get("HX-Request"):
@@ -53,6 +71,16 @@ def _html_error(
             if header.lower() != "content-type":
                 response.headers[header] = value
     return response
+
+
+def _retry_after(error: HTTPException | None) -> int | None:
+    """The seconds a 429 or 503 asks the visitor to wait, if it says."""
+    if error is None:
+        return None
+    for header, value in error.get_headers():
+        if header.lower() == "retry-after" and value.isdigit():
+            return int(value)
+    return None
 
 
 def register_error_handlers(app: Flask) -> None:

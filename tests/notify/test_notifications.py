@@ -6,13 +6,16 @@ A real SMTP server (aiosmtpd) and a real HTTP receiver take the messages;
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -269,6 +272,8 @@ def test_our_webhook_signature_is_checked_by_the_documented_recipe(
     )
     assert not verify_signature("another secret", body, signature, now)
     assert not verify_signature(WEBHOOK_SECRET, body, signature, now + 301)  # a replay, later
+    for garbled in ("", "t", "v1=,t=", f"t=-{now},{signature}", "t=1e3,v1=00", "t=٣,v1=00"):
+        assert not verify_signature(WEBHOOK_SECRET, body, garbled, now)  # refused, never raised
     assert headers["Content-Type"] == "application/json"
 
 
@@ -509,3 +514,132 @@ def _text(message: Any) -> str:
 
 def _html(message: Any) -> str:
     return str(message.get_body(("html",)).get_content())
+
+
+def test_an_address_the_mail_cannot_carry_fails_for_the_operator_and_the_others_still_go(
+    notifying_app: Flask, session: Session, mailbox: Mailbox
+) -> None:
+    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
+    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
+    for address in ["zoë@example.com", "a..b@example.com", "ada@exämple.com", "grace@example.com"]:
+        record(session, make_user(session, plan="pro", email=address), 60)
+
+    summary = run(notifying_app)
+
+    assert (summary["sent"], summary["failed"]) == (2, 2)
+    # aiosmtpd offers SMTPUTF8, so an international domain goes; a malformed local part cannot.
+    assert sorted(mailbox.recipients) == ["ada@exämple.com", "grace@example.com"]
+    assert [error.split(":")[0] for error in summary["errors"]] == [
+        "email to zoë@example.com",
+        "email to a..b@example.com",
+    ]
+    assert statuses(session) == ["failed", "failed", "sent", "sent"]
+    assert run(notifying_app)["failed"] == 0  # failed stays failed: nothing is stuck or repeated
+
+    with smtp_server("127.0.0.1", enable_SMTPUTF8=False) as plain:
+        notifying_app.config["SMTP_URL"] = f"smtp://127.0.0.1:{plain.port}"
+        record(session, make_user(session, plan="pro", email="bob@exämple.com"), 60)
+        summary = run(notifying_app)
+    assert summary["failed"] == 1 and plain.messages == []
+    refusal = "the mail server takes no address outside ASCII (bob@exämple.com)"
+    assert refusal in summary["errors"][0]
+
+
+def test_a_run_that_lost_its_lease_mid_email_leaves_it_to_the_run_that_took_over(
+    notifying_app: Flask,
+    session: Session,
+    mailbox: Mailbox,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user = make_user(session, plan="pro")
+    session.commit()
+    record(session, user, 60)
+    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
+    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
+    handed_over = outbox.mark_handed_over
+    overtaken: list[dict[str, Any]] = []
+    stalled = threading.Event()
+
+    def slow_then_overtaken(*args: Any, **kwargs: Any) -> bool:
+        if not stalled.is_set():  # the first run stalls here, past its lease; a second starts
+            stalled.set()
+            clock.advance(outbox.LEASE + timedelta(seconds=1))
+            overtaken.append(run(notifying_app))
+        return handed_over(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "mark_handed_over", slow_then_overtaken)
+    first = run(notifying_app)
+
+    assert overtaken[0]["sent"] == 1
+    assert first["sent"] == 0 and first["failed"] == 0
+    assert len(mailbox.messages) == 1  # the first run closed its connection before the dot
+    assert statuses(session) == ["sent"]
+
+
+def test_an_upgrade_mid_period_announces_the_new_plans_thresholds(
+    notifying_app: Flask, session: Session, mailbox: Mailbox
+) -> None:
+    user = make_user(session, plan="starter")  # 25 included, €0.35 over
+    session.commit()
+    record(session, user, 25)
+    run(notifying_app)
+    assert user.subscription is not None
+    user.subscription.plan_id = "pro"  # 75 included, €0.30 over
+    session.commit()
+    record(session, user, 35)  # 60 of 75: 80 % of the new allowance
+    run(notifying_app)
+    record(session, user, 15)  # 75 of 75
+    run(notifying_app)
+
+    assert mailbox.subjects() == [
+        "Overage started: €0.35 per AI suggestion from now on",
+        "80 % of your AI suggestions used",
+        "Overage started: €0.30 per AI suggestion from now on",
+    ]
+
+
+def test_a_webhook_url_carrying_a_secret_never_shows_it_in_errors(
+    notifying_app: Flask, session: Session
+) -> None:
+    notifying_app.config.pop("SMTP_URL")
+    notifying_app.config.pop("MAIL_FROM")
+    notifying_app.config["NOTIFY_WEBHOOK_URL"] = (
+        f"http://127.0.0.1:{_closed_port()}/hooks/tok-s3cr3t?key=k3y"
+    )
+    record(session, make_user(session, plan="pro"), 60)
+
+    summary = run(notifying_app)
+    status = notifying_app.test_cli_runner().invoke(args=["usage-status"]).output
+
+    assert summary["retrying"] == 1
+    assert "webhook at 127.0.0.1 unreachable: ConnectionError" in summary["errors"][0]
+    assert "s3cr3t" not in str(summary) + status and "k3y" not in str(summary) + status
+
+
+def test_a_mail_server_elsewhere_without_starttls_gets_nothing(
+    notifying_app: Flask, session: Session
+) -> None:
+    """Only a server on this machine may be spoken to unencrypted: 127.0.0.2 stands for one
+    across a network (it is not one of the loopback names the portal trusts)."""
+    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
+    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
+    with smtp_server("127.0.0.2") as elsewhere:
+        notifying_app.config["SMTP_URL"] = f"smtp://127.0.0.2:{elsewhere.port}"
+        record(session, make_user(session, plan="pro"), 60)
+        summary = run(notifying_app)
+
+    assert summary["retrying"] == 1 and elsewhere.messages == []
+    assert "offers no STARTTLS" in summary["errors"][0]
+
+
+@contextlib.contextmanager
+def smtp_server(hostname: str, **options: Any) -> Iterator[Mailbox]:
+    """Another SMTP server than the ``mailbox`` fixture's, with aiosmtpd's ``options``."""
+    box = Mailbox(port=free_port())
+    controller = Controller(box, hostname=hostname, port=box.port, **options)
+    controller.start()
+    try:
+        yield box
+    finally:
+        controller.stop()
