@@ -15,7 +15,7 @@ from __future__ import annotations
 import calendar
 import functools
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 # Calendar months are monthly periods anchored at any first-of-month midnight.
 CALENDAR_MONTH_ANCHOR = datetime(2000, 1, 1, tzinfo=UTC)
@@ -53,6 +53,17 @@ class BillingPeriod:
     @property
     def duration(self) -> timedelta:
         return self.end - self.start
+
+    @property
+    def first_day(self) -> date:
+        return self.start.date()
+
+    @property
+    def last_day(self) -> date:
+        """The last UTC day a person counts as in the period: the day before the one it
+        ends on. A period Nov 7 – Dec 7 (exclusive) reads "Nov 7 – Dec 6"; each day names
+        one period, the one it starts in. The exact ``end`` stays in the API."""
+        return max(self.first_day, (self.end - timedelta(days=1)).date())
 
     def shifted(self, periods: int) -> BillingPeriod:
         """The period ``periods`` periods later (earlier when negative)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,6 +43,27 @@ class Chart:
     bars: list[Bar]
     axis_y: float
     ticks: list[tuple[float, int]]
+
+
+TICK_STEPS = (1, 2, 2.5, 5)
+"""Axis steps are one of these times a power of ten: ticks read 0/25/50/75/100, never 0/37/75."""
+
+
+def nice_ticks(top: int, intervals: int = 4) -> list[int]:
+    """Round tick values from 0 to at least ``top``, about ``intervals`` of them apart.
+
+    The smallest round step that covers ``top`` in ``intervals`` steps; whole numbers
+    only (suggestions are counted), so a tiny axis counts 0, 1, 2, …
+    """
+    wanted = max(top, 1) / intervals
+    magnitude = 10 ** max(0, math.floor(math.log10(wanted)))
+    step = next(
+        (m * magnitude for m in TICK_STEPS if m * magnitude >= wanted and m * magnitude % 1 == 0),
+        10 * magnitude,
+    )
+    step = max(1, int(step))
+    count = max(1, math.ceil(max(top, 1) / step))
+    return [step * n for n in range(count + 1)]
 
 
 def history_chart(rows: Sequence[PeriodFigure], limits: Sequence[int]) -> Chart:

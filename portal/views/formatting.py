@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
 from flask import Flask
 from markupsafe import Markup
 
+from portal import clock
+from portal.periods import BillingPeriod
 from portal.plans import WarningLevel, percent_used, upgrade_for, upgrades_from
 
 LEVEL_WORDS = {
@@ -30,13 +32,48 @@ def euros(cents: int | None) -> str:
     return f"€{Decimal(cents) / 100:,.2f}"
 
 
-def day(moment: datetime | None) -> str:
-    """A UTC day, e.g. "Dec 7, 2026" (periods are in UTC)."""
-    return f"{moment:%b} {moment.day}, {moment.year}" if moment else "—"
+def day(value: date | None) -> str:
+    """A UTC day, e.g. "Dec 7, 2026" (periods are in UTC): the portal's one date style."""
+    return f"{value:%b} {value.day}, {value.year}" if value else "—"
+
+
+def days(period: BillingPeriod) -> str:
+    """A period by its first and last day: "Nov 7 – Dec 6, 2026", the year once when it
+    does not change ("Dec 7, 2026 – Jan 6, 2027" when it does)."""
+    first, last = period.first_day, period.last_day
+    if first.year == last.year:
+        return f"{first:%b} {first.day} – {last:%b} {last.day}, {last.year}"
+    return f"{day(first)} – {day(last)}"
 
 
 def moment(value: datetime | None) -> str:
-    return f"{value:%Y-%m-%d %H:%M} UTC" if value else "—"
+    """An instant in the same style, to the minute: "Dec 7, 2026, 14:02 UTC"."""
+    return f"{day(value)}, {value:%H:%M} UTC" if value else "—"
+
+
+def ago(value: datetime, now: datetime) -> str:
+    """How long before ``now``, in the largest whole unit: "just now", "5 minutes ago",
+    "2 hours ago", "3 days ago"; the exact time is ``moment``'s."""
+    seconds = max(0, int((now - value).total_seconds()))
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'} ago"
+    return "just now"
+
+
+def time_ago(value: datetime | None, empty: str = "—") -> Markup:
+    """``ago`` in a ``<time>`` element whose title and ``datetime`` give the exact UTC time."""
+    if value is None:
+        return Markup.escape(empty)
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        iso_seconds(value), moment(value), ago(value, clock.now())
+    )
+
+
+def iso_seconds(value: datetime) -> str:
+    """ISO 8601 in UTC to the whole second, e.g. "2026-12-04T10:00:00Z" (exports, ``<time>``)."""
+    return value.astimezone(UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def level_words(level: WarningLevel | str) -> str:
@@ -71,7 +108,9 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(number)
     app.add_template_filter(euros)
     app.add_template_filter(day)
+    app.add_template_filter(days)
     app.add_template_filter(moment)
+    app.add_template_global(time_ago)
     app.add_template_global(level_words)
     app.add_template_global(percent_used, "share_of")
     app.add_template_global(upgrade_for)
