@@ -28,6 +28,7 @@ from portal.models import Organization
 from portal.notify import cli as notify_cli
 from portal.plans import INDIVIDUAL_PLAN_IDS, ORGANIZATION_PLAN_IDS
 from portal.sessions import end_sessions_of
+from portal.usage.organizations import organizations_over_seats
 
 
 def _session() -> Session:
@@ -111,6 +112,12 @@ def create_user_command(
     else:
         joined = f", {role or 'member'} of {org_slug}" if org_slug else ""
         click.echo(f"Created user {user.email} ({plan_id}{joined}).")
+    for crowded in organizations_over_seats(_session(), org_slug) if org_slug else []:
+        click.echo(
+            f"Warning: {crowded}. Its pool does not grow with members: add seats "
+            "(Manage billing on its page), or remove members.",
+            err=True,
+        )
 
 
 @click.command("disable-user")

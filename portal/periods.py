@@ -36,6 +36,13 @@ def add_months(anchor: datetime, months: int) -> datetime:
     return anchor.replace(year=year, month=month0 + 1, day=min(anchor.day, last_day))
 
 
+def last_day(start: datetime, end: datetime) -> date:
+    """The last UTC day a person counts as in the period ``[start, end)``: the day before
+    the one it ends on. A period Nov 7 – Dec 7 (exclusive) reads "Nov 7 – Dec 6"; each day
+    names one period, the one it starts in. The exact ``end`` stays in the API."""
+    return max(start.date(), (end - timedelta(days=1)).date())
+
+
 @dataclass(frozen=True, order=True)
 class BillingPeriod:
     """One billing period ``[start, end)``; it knows its neighbours."""
@@ -60,10 +67,7 @@ class BillingPeriod:
 
     @property
     def last_day(self) -> date:
-        """The last UTC day a person counts as in the period: the day before the one it
-        ends on. A period Nov 7 – Dec 7 (exclusive) reads "Nov 7 – Dec 6"; each day names
-        one period, the one it starts in. The exact ``end`` stays in the API."""
-        return max(self.first_day, (self.end - timedelta(days=1)).date())
+        return last_day(self.start, self.end)
 
     def shifted(self, periods: int) -> BillingPeriod:
         """The period ``periods`` periods later (earlier when negative)."""

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from sqlalchemy import func, select
@@ -227,3 +228,32 @@ def test_every_flask_command_works_in_a_fresh_shell(database_url: str) -> None:
         assert shown.returncode == 0 and "Usage:" in shown.stdout, (command, shown.stderr)
     status = run("usage-status")
     assert status.returncode == 0 and "Backlog: empty." in status.stdout, status.stderr
+
+
+def test_a_member_past_the_seats_is_warned_about_and_listed_by_usage_status(
+    app: Flask, session: Session
+) -> None:
+    runner = app.test_cli_runner()
+    runner.invoke(
+        args=["create-org", "--slug", "acme", "--name", "Acme Robotics", "--plan", "team"]
+        + ["--seats", "1"]
+    )
+
+    def join(email: str) -> Any:
+        return runner.invoke(
+            args=["create-user", "--email", email, "--password", "long-enough", "--org", "acme"]
+        )
+
+    first = join("ada@acme.example")
+    assert first.exit_code == 0 and "Warning" not in first.output
+    second = join("bob@acme.example")
+    assert second.exit_code == 0  # created all the same: seats are bought in Stripe
+    assert "Warning: Acme Robotics (acme): 2 members on 1 seat." in second.stderr
+
+    status = runner.invoke(args=["usage-status"])
+    assert "Organizations with more members than seats: 1" in status.output
+    assert "  Acme Robotics (acme): 2 members on 1 seat" in status.output
+    document = app.json.loads(runner.invoke(args=["usage-status", "--json"]).output)
+    assert document["organizations_over_seats"] == [
+        {"slug": "acme", "name": "Acme Robotics", "members": 2, "seats": 1}
+    ]

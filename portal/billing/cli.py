@@ -43,6 +43,7 @@ from portal.config import ConfigError
 from portal.extensions import db
 from portal.notify.status import notification_status
 from portal.notify.status import status_lines as notification_lines
+from portal.usage.organizations import organizations_over_seats
 
 PREVIEW_LINES_SHOWN = 50
 
@@ -258,12 +259,19 @@ def usage_status_command(as_json: bool) -> None:
     """Show the reporting backlog, failed batches, the last successful run and notifications."""
     status = reporting_status(_session(), clock.now())
     notifications = notification_status(_session())
+    crowded = organizations_over_seats(_session())
     db.session.rollback()
     if as_json:
-        document = {**status.as_dict(), "notifications": notifications.as_dict()}
+        document = {
+            **status.as_dict(),
+            "notifications": notifications.as_dict(),
+            "organizations_over_seats": [vars(org) for org in crowded],
+        }
         click.echo(encoding.dumps(document, sort_keys=True))
         return
-    for line in [*status_lines(status), *notification_lines(notifications)]:
+    seat_lines = [f"Organizations with more members than seats: {len(crowded)}"]
+    seat_lines += [f"  {org}" for org in crowded]
+    for line in [*status_lines(status), *notification_lines(notifications), *seat_lines]:
         click.echo(line)
 
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portal.models import UsageRecord
+from portal.models import MemberUsage, UsageRecord
 from portal.periods import BillingPeriod
 from portal.plans import UsageFigures, get_plan
 from portal.usage.subjects import EffectivePlan, SubjectKind, resolve_effective_plan
@@ -22,6 +22,8 @@ class PeriodUsage(UsageFigures):
 
     period: BillingPeriod
     is_current: bool
+    member_used: int | None = None
+    """For a pool: the signed-in member's own part of ``used``; ``None`` for an individual."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,20 @@ def get_usage_history(
         .order_by(UsageRecord.period_start)
     ).all()
 
+    own: dict[datetime, int] | None = None
+    if subject.kind is SubjectKind.ORGANIZATION:
+        own = {
+            row.period_start: row.used
+            for row in session.execute(
+                select(MemberUsage.period_start, MemberUsage.used).where(
+                    MemberUsage.organization_id == subject.id,
+                    MemberUsage.user_id == effective.user_id,
+                    MemberUsage.period_start >= window[-1].start,
+                    MemberUsage.period_start < current.end,
+                )
+            )
+        }
+
     rows: list[PeriodUsage] = []
     for period in window:
         inside = [r for r in records if r.period_start in period]
@@ -72,5 +88,6 @@ def get_usage_history(
             plan, included = get_plan(governing.plan_id), governing.included
         else:
             plan, included = effective.plan, effective.included
-        rows.append(PeriodUsage(plan, used, included, period, period == current))
+        mine = None if own is None else sum(n for start, n in own.items() if start in period)
+        rows.append(PeriodUsage(plan, used, included, period, period == current, mine))
     return UsageHistory(effective, rows)

@@ -35,6 +35,10 @@ class MemberSort(enum.StrEnum):
     EMAIL = "email"
     ROLE = "role"
     USED = "used"
+    SHARE = "share"
+    """Share of the pool and level follow usage: the same order as ``USED``, their own names
+    so each column sorts by what it shows."""
+    LEVEL = "level"
     LAST_ACTIVITY = "last_activity"
 
 
@@ -87,6 +91,8 @@ class OrgUsageSummary:
     members_used: int
     """Usage of all current members, not only those on this page."""
     members_per_level: dict[WarningLevel, int]
+    top_member_used: int
+    """The most any member used: share bars are drawn against it, so the largest fills its bar."""
     rows: list[MemberUsageRow]
     matching_members: int
     """Members matching the filter, across all pages."""
@@ -113,8 +119,46 @@ class OrgUsageSummary:
         return (Decimal(self.members_used) / self.member_count).quantize(Decimal("0.1"))
 
     @property
+    def over_seats(self) -> bool:
+        """More members than the seats paid for: the pool does not grow with them."""
+        return self.member_count > self.seats
+
+    @property
     def page_count(self) -> int:
         return max(1, math.ceil(self.matching_members / self.page_size))
+
+
+@dataclass(frozen=True)
+class SeatCount:
+    """An organization with more members than the seats it pays for."""
+
+    slug: str
+    name: str
+    members: int
+    seats: int
+
+    def __str__(self) -> str:
+        seats = f"{self.seats} seat{'' if self.seats == 1 else 's'}"
+        return f"{self.name} ({self.slug}): {self.members} members on {seats}"
+
+
+def organizations_over_seats(session: Session, slug: str | None = None) -> list[SeatCount]:
+    """Organizations whose members outnumber their seats (only ``slug``'s when given).
+
+    Every membership counts, a disabled member's too, as on the organization's
+    page: the pool is sized by seats and does not grow with members.
+    """
+    members = func.count(Membership.user_id)
+    query = (
+        select(Organization.slug, Organization.name, members, Organization.seats)
+        .join(Membership, Membership.organization_id == Organization.id)
+        .group_by(Organization.id)
+        .having(members > Organization.seats)
+        .order_by(Organization.slug)
+    )
+    if slug is not None:
+        query = query.where(Organization.slug == slug)
+    return [SeatCount(*row) for row in session.execute(query)]
 
 
 def organization_terms(org: Organization) -> SubscriptionTerms | None:
@@ -182,6 +226,8 @@ _SORT_COLUMNS: dict[MemberSort, Any] = {
     MemberSort.EMAIL: User.email,
     MemberSort.ROLE: Membership.role,
     MemberSort.USED: _member_used(),
+    MemberSort.SHARE: _member_used(),
+    MemberSort.LEVEL: _member_used(),
     MemberSort.LAST_ACTIVITY: MemberUsage.last_used_at,
 }
 
@@ -232,8 +278,13 @@ def get_org_usage_summary(
         )
         for _, floor in LEVEL_FLOORS
     ]
-    member_count, members_used, *reaching = session.execute(
-        select(func.count(), func.coalesce(func.sum(members.c.used), 0), *at_least)
+    member_count, members_used, top_member_used, *reaching = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(members.c.used), 0),
+            func.coalesce(func.max(members.c.used), 0),
+            *at_least,
+        )
     ).one()
     # ``reaching`` counts members at or above each level's floor, highest
     # level first; a level's own count is the difference to the next one up.
@@ -261,6 +312,7 @@ def get_org_usage_summary(
         member_count=int(member_count),
         members_used=int(members_used),
         members_per_level=per_level,
+        top_member_used=int(top_member_used),
         rows=[_row(r, pool_included, plan.included_per_seat) for r in page_rows],
         matching_members=matching,
         page=page,

@@ -11,7 +11,7 @@ from portal.periods import BillingPeriod
 from portal.plans import WarningLevel
 
 WIDTH, HEIGHT = 720, 260
-TOP, BOTTOM, LEFT, RIGHT = 16, 36, 44, 8
+TOP, BOTTOM, LEFT, RIGHT = 20, 44, 52, 8
 
 
 class PeriodFigure(Protocol):
@@ -30,10 +30,22 @@ class Bar:
     width: float
     height: float
     limit_y: float
-    label: str
+    month: str
+    year: str | None
+    """The year under the month where it changes (and on the first bar): "Jan" / "2027"."""
     used: int
     limit: int
     level: WarningLevel
+    limit_label: str | None
+    """"Included 75" where the limit starts or changes, so the line is named where it is."""
+    part_y: float | None = None
+    part_height: float = 0.0
+    part: int | None = None
+    """The signed-in member's own part of a pool's bar."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.month} {self.year}" if self.year else self.month
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,15 @@ class Chart:
     bars: list[Bar]
     axis_y: float
     ticks: list[tuple[float, int]]
+
+    @property
+    def levels(self) -> list[WarningLevel]:
+        """The colours the bars use, in the plans' order: the legend names each one."""
+        return [level for level in WarningLevel if any(bar.level is level for bar in self.bars)]
+
+    @property
+    def has_parts(self) -> bool:
+        return any(bar.part is not None for bar in self.bars)
 
 
 TICK_STEPS = (1, 2, 2.5, 5)
@@ -66,29 +87,47 @@ def nice_ticks(top: int, intervals: int = 4) -> list[int]:
     return [step * n for n in range(count + 1)]
 
 
-def history_chart(rows: Sequence[PeriodFigure], limits: Sequence[int]) -> Chart:
-    """Bars oldest to newest, left to right, each with its period's limit as a line."""
-    ordered = list(zip(rows, limits, strict=True))[::-1]
-    top = max([1, *(row.used for row, _ in ordered), *limits])
+def history_chart(
+    rows: Sequence[PeriodFigure],
+    limits: Sequence[int],
+    parts: Sequence[int | None] | None = None,
+) -> Chart:
+    """Bars oldest to newest, left to right, each with its period's limit as a line.
+
+    ``parts`` (newest first, like ``rows``) draws a member's own part inside each
+    bar of their pool.
+    """
+    own = list(parts) if parts is not None else [None] * len(rows)
+    ordered = list(zip(rows, limits, own, strict=True))[::-1]
+    ticks = nice_ticks(max([0, *(row.used for row, _, _ in ordered), *limits]))
+    top = ticks[-1]
     plot_height = HEIGHT - TOP - BOTTOM
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(ordered))
 
     def y_of(value: int) -> float:
         return round(TOP + plot_height * (1 - value / top), 1)
 
-    bars = [
-        Bar(
-            x=round(LEFT + index * slot + slot * 0.15, 1),
-            y=y_of(row.used),
-            width=round(slot * 0.7, 1),
-            height=round(HEIGHT - BOTTOM - y_of(row.used), 1),
-            limit_y=y_of(limit),
-            label=f"{row.period.start:%b}",
-            used=row.used,
-            limit=limit,
-            level=row.warning_level,
+    bars = []
+    for index, (row, limit, part) in enumerate(ordered):
+        start = row.period.start
+        earlier = ordered[index - 1] if index else None
+        new_year = earlier is None or earlier[0].period.start.year != start.year
+        bars.append(
+            Bar(
+                x=round(LEFT + index * slot + slot * 0.15, 1),
+                y=y_of(row.used),
+                width=round(slot * 0.7, 1),
+                height=round(HEIGHT - BOTTOM - y_of(row.used), 1),
+                limit_y=y_of(limit),
+                month=f"{start:%b}",
+                year=str(start.year) if new_year else None,
+                used=row.used,
+                limit=limit,
+                level=row.warning_level,
+                limit_label=None if earlier and earlier[1] == limit else f"Included {limit:,}",
+                part_y=None if part is None else y_of(part),
+                part_height=0.0 if part is None else round(HEIGHT - BOTTOM - y_of(part), 1),
+                part=part,
+            )
         )
-        for index, (row, limit) in enumerate(ordered)
-    ]
-    ticks = [(y_of(value), value) for value in sorted({0, top // 2, top})]
-    return Chart(WIDTH, HEIGHT, bars, HEIGHT - BOTTOM, ticks)
+    return Chart(WIDTH, HEIGHT, bars, HEIGHT - BOTTOM, [(y_of(v), v) for v in ticks])

@@ -11,7 +11,7 @@ from flask import Flask
 from markupsafe import Markup
 
 from portal import clock
-from portal.periods import BillingPeriod
+from portal.periods import BillingPeriod, last_day
 from portal.plans import WarningLevel, percent_used, upgrade_for, upgrades_from
 
 LEVEL_WORDS = {
@@ -38,9 +38,14 @@ def day(value: date | None) -> str:
 
 
 def days(period: BillingPeriod) -> str:
-    """A period by its first and last day: "Nov 7 – Dec 6, 2026", the year once when it
-    does not change ("Dec 7, 2026 – Jan 6, 2027" when it does)."""
-    first, last = period.first_day, period.last_day
+    """A period by its first and last day: "Nov 7 – Dec 6, 2026"."""
+    return days_between(period.start, period.end)
+
+
+def days_between(start: datetime, end: datetime) -> str:
+    """The period ``[start, end)`` by its first and last day, the year once when it does
+    not change ("Dec 7, 2026 – Jan 6, 2027" when it does)."""
+    first, last = start.date(), last_day(start, end)
     if first.year == last.year:
         return f"{first:%b} {first.day} – {last:%b} {last.day}, {last.year}"
     return f"{day(first)} – {day(last)}"
@@ -109,6 +114,7 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(euros)
     app.add_template_filter(day)
     app.add_template_filter(days)
+    app.add_template_global(days_between)
     app.add_template_filter(moment)
     app.add_template_global(time_ago)
     app.add_template_global(level_words)

@@ -23,6 +23,7 @@ from portal.usage.organizations import (
     organization_period,
 )
 from portal.views.charts import history_chart
+from portal.views.formatting import iso_seconds
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("orgs", __name__, url_prefix="/orgs")
@@ -83,7 +84,8 @@ def _table_state() -> tuple[MemberSort, bool, str, int]:
         sort = MemberSort(request.args.get("sort", MemberSort.USED))
     except ValueError:
         sort = MemberSort.USED
-    descending = request.args.get("dir", "desc" if sort is MemberSort.USED else "asc") == "desc"
+    most_first = sort in (MemberSort.USED, MemberSort.SHARE, MemberSort.LEVEL)
+    descending = request.args.get("dir", "desc" if most_first else "asc") == "desc"
     search = request.args.get("q", "")[:100]
     if "\x00" in search:
         abort(400)
@@ -154,7 +156,7 @@ def usage_csv(slug: str) -> Response:
                         row.used,
                         f"{row.share_percent}",
                         str(row.warning_level),
-                        row.last_used_at.isoformat() if row.last_used_at else "",
+                        iso_seconds(row.last_used_at) if row.last_used_at else "",
                         "disabled" if row.disabled else "active",
                     ]
                 )
@@ -172,7 +174,7 @@ def usage_csv(slug: str) -> Response:
             raise
         yield buffer.getvalue()
 
-    filename = f"{org.slug}-usage-{period.start:%Y-%m-%d}-to-{period.end:%Y-%m-%d}.csv"
+    filename = f"{org.slug}-usage-{period.start:%Y-%m-%d}-to-{period.last_day:%Y-%m-%d}.csv"
     return Response(
         stream_with_context(generate()),
         mimetype="text/csv",

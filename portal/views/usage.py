@@ -102,5 +102,6 @@ def current() -> Response:
 def history() -> str:
     """The last 12 billing periods: chart and table."""
     history = get_usage_history(db.session(), current_user.id, clock.now())
-    chart = history_chart(history.periods, [row.included for row in history.periods])
+    rows = history.periods
+    chart = history_chart(rows, [row.included for row in rows], [row.member_used for row in rows])
     return render_template("usage/history.html", history=history, chart=chart)

@@ -130,8 +130,8 @@ def test_a_new_period_starts_fresh(
         re.search(r"Billing period\s*</td><td[^>]*>([^<]+)<", _html(m)) for m in mailbox.messages
     ]
     assert [p.group(1) if p else None for p in periods] == [
-        "Mar 15, 2026 – Apr 15, 2026",
-        "Apr 15, 2026 – May 15, 2026",
+        "Mar 15 – Apr 14, 2026",
+        "Apr 15 – May 14, 2026",
     ]
 
 

@@ -37,7 +37,9 @@ def test_history_lists_twelve_periods_newest_first_without_gaps(session: Session
     assert rows[1].included == 25 and rows[1].warning_level == "ok"
 
 
-def test_history_of_a_team_member_is_the_pool_history(session: Session) -> None:
+def test_history_of_a_team_member_is_the_pool_history_with_their_own_part(
+    session: Session,
+) -> None:
     org = make_org(session, plan="team", seats=1)
     alice, bob = make_user(session, org=org), make_user(session, org=org)
     session.commit()
@@ -48,6 +50,9 @@ def test_history_of_a_team_member_is_the_pool_history(session: Session) -> None:
     current = get_usage_history(session, alice.id, now).periods[0]
     assert (current.used, current.included, current.overage_count) == (55, 50, 5)
     assert current.overage_cost_cents == 125
+    assert current.member_used == 30
+    assert get_usage_history(session, bob.id, now).periods[0].member_used == 25
+    assert get_usage_history(session, bob.id, now).periods[1].member_used == 0
 
 
 def test_free_history_uses_calendar_months(session: Session) -> None:

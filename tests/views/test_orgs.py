@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from portal import clock
 from portal.models import Organization, User
 from portal.usage import organization_period, record_usage
-from tests.factories import make_org, make_user
+from tests.factories import FrozenClock, make_org, make_user
 from tests.views.conftest import PASSWORD
 
 SignIn = Callable[[str], FlaskClient]
@@ -117,7 +117,7 @@ def test_csv_export_has_every_member_quoted_and_a_named_file(
     period = organization_period(org, now())
     assert response.mimetype == "text/csv"
     assert (
-        f'filename="{org.slug}-usage-{period.start:%Y-%m-%d}-to-{period.end:%Y-%m-%d}.csv"'
+        f'filename="{org.slug}-usage-{period.start:%Y-%m-%d}-to-{period.last_day:%Y-%m-%d}.csv"'
         in response.headers["Content-Disposition"]
     )
     rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
@@ -195,8 +195,13 @@ def test_edited_periods_are_not_found(session: Session, signed_in: SignIn, perio
 
 def test_navigation_lists_only_administered_orgs(session: Session, signed_in: SignIn) -> None:
     org, admin, members = team(session, [1])
-    assert org.name in signed_in(admin.email).get("/usage").get_data(as_text=True)
-    assert org.name not in signed_in(members[0].email).get("/usage").get_data(as_text=True)
+    link = f'<a href="/orgs/{org.slug}/usage" >{org.name}</a>'
+    admins_page = signed_in(admin.email).get("/usage").get_data(as_text=True)
+    members_page = signed_in(members[0].email).get("/usage").get_data(as_text=True)
+    assert link in admins_page and link not in members_page
+    # Both read the pool by the organization's name, never its slug.
+    assert f"pooled for {org.name}" in admins_page and f"pooled for {org.name}" in members_page
+    assert f"pooled for {org.slug}" not in members_page
 
 
 def test_download_csv_exports_the_filtered_table_and_export_all_every_member(
@@ -220,3 +225,48 @@ def test_download_csv_exports_the_filtered_table_and_export_all_every_member(
     unfiltered = browser.get(f"/orgs/{org.slug}/usage").get_data(as_text=True)
     assert 'data-testid="export-shown"' not in unfiltered
     assert re.search(r'data-testid="export-all">Download CSV<', unfiltered)
+
+
+def test_the_table_reads_as_people_expect(
+    session: Session, signed_in: SignIn, clock: FrozenClock
+) -> None:
+    """Relative last activity with the exact time at hand, share bars told apart, every column
+    sortable, whole-second times in the CSV."""
+    org, admin, members = team(session, [5, 0, 20])
+    clock.advance(timedelta(hours=2, minutes=10))
+    client = signed_in(admin.email)
+    html = client.get(f"/orgs/{org.slug}/usage").get_data(as_text=True)
+
+    busiest = html.split(f'data-member="{members[2].email}"')[1].split("</tr>")[0]
+    assert (
+        '<time datetime="2026-03-18T12:00:00Z" title="Mar 18, 2026, 12:00 UTC">2 hours ago</time>'
+        in busiest
+    )
+    assert "No use this period" in html.split(f'data-member="{members[1].email}"')[1]
+    # Bars are scaled to the busiest member (20 fills its bar); the text keeps the share of
+    # the pool (4 seats of 50).
+    assert 'value="20" max="20"' in busiest and 'data-testid="share">10.0%' in busiest
+    quiet = html.split(f'data-member="{members[0].email}"')[1].split("</tr>")[0]
+    assert 'value="5" max="20"' in quiet and 'data-testid="share">2.5%' in quiet
+    for column in ("share", "level"):
+        assert f'data-sort="{column}"' in html
+        ascending = client.get(f"/orgs/{org.slug}/usage?sort={column}&dir=asc")
+        order = [row[:3] for row in member_rows(ascending.get_data(as_text=True))]
+        assert order[-2:] == ["m00", "m02"], column
+        assert 'aria-sort="ascending"' in ascending.get_data(as_text=True)
+
+    rows = list(csv.reader(io.StringIO(client.get(f"/orgs/{org.slug}/usage.csv").get_data(True))))
+    last_activity = {row[1]: row[6] for row in rows[1:]}
+    assert last_activity[members[2].email] == "2026-03-18T12:00:00Z"
+    assert last_activity[members[1].email] == ""
+
+
+def test_an_org_with_more_members_than_seats_says_so(session: Session, signed_in: SignIn) -> None:
+    org, admin, _ = team(session, [1, 1])  # 3 members on 3 seats
+    page = signed_in(admin.email).get(f"/orgs/{org.slug}/usage").get_data(as_text=True)
+    assert 'data-testid="over-seats"' not in page
+    org.seats = 2
+    session.commit()
+    page = re.sub(r"\s+", " ", signed_in(admin.email).get(f"/orgs/{org.slug}/usage").get_data(True))
+    assert "<strong>3 members on 2 seats.</strong>" in page
+    assert "does not grow with the extra members" in page

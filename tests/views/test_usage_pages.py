@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask.testing import FlaskClient
@@ -42,24 +42,32 @@ def squash(html: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("plan", "used", "level", "alert"),
+    ("plan", "used", "level", "badge", "alert"),
     [
-        ("starter", 10, "ok", None),
-        ("starter", 21, "warning", "You've used 84.0% of your suggestions"),
-        ("starter", 24, "critical", "Only 1 suggestion remaining"),
-        ("free", 5, "exceeded", "Monthly limit reached"),
-        ("starter", 30, "exceeded", "billed at the overage rate of €0.35"),
+        ("starter", 10, "ok", "OK", None),
+        ("starter", 21, "warning", "Warning", "You've used 84.0% of your suggestions"),
+        ("starter", 24, "critical", "Critical", "Only 1 suggestion remaining"),
+        ("free", 5, "paused", "Paused until ", "Monthly limit reached"),
+        ("starter", 30, "over", "Over the limit · billed at €0.35 each", "You're 5 over the 25"),
     ],
 )
 def test_dashboard_shows_the_bar_the_figures_and_the_alert_for_each_level(
-    session: Session, signed_in: SignIn, plan: str, used: int, level: str, alert: str | None
+    session: Session,
+    signed_in: SignIn,
+    plan: str,
+    used: int,
+    level: str,
+    badge: str,
+    alert: str | None,
 ) -> None:
+    """At 100 % a blocked free plan and a billed paid plan must not look alike."""
     user = make_user(session, plan=plan, password=PASSWORD, anchor=now() - timedelta(days=5))
     use(session, user.id, used)
     html = squash(text(signed_in(user.email), "/usage"))
     included = 5 if plan == "free" else 25
     assert f'<strong data-testid="used">{used}</strong> of {included} suggestions used' in html
     assert f'class="usage-bar level-{level}"' in html
+    assert f'<span class="level-badge level-{level}" data-testid="level">{badge}' in html
     assert f'value="{min(used, included)}" max="{included}"' in html
     assert 'aria-valuetext="' in html  # a real progress bar to screen readers
     if alert:
@@ -124,14 +132,18 @@ def test_history_lists_twelve_periods_with_chart_and_table(
     user = make_user(session, plan="starter", password=PASSWORD, anchor=now() - timedelta(days=2))
     use(session, user.id, 30)
     html = squash(text(signed_in(user.email), "/usage/history"))
-    rows = re.findall(r"<tr(?: aria-current=\"true\")?> <th scope=\"row\">", html)
+    rows = re.findall(r"<tr(?: aria-current=\"true\")?> <th scope=\"row\">([^<]+)<", html)
     assert len(rows) == 12
     assert '<svg viewBox="0 0 720 260" role="img"' in html
     assert '<title id="chart-title">' in html and '<desc id="chart-desc">' in html
     assert html.count('class="limit"') == 12
     first_row = html.split('aria-current="true"', 1)[1]
-    assert re.search(r'<td class="num">30</td> <td class="num">25</td>', first_row)
+    assert '<td class="num" data-testid="used">30</td> <td class="num">25</td>' in first_row
     assert "€1.75" in first_row
+    # By its last day: Mar 16, 12:00 until Apr 16, 12:00 is "Mar 16 – Apr 15".
+    assert now() == datetime(2026, 3, 18, 12, 0, tzinfo=UTC)
+    assert [rows[0].strip(), rows[-1].strip()] == ["Mar 16 – Apr 15, 2026", "Apr 16 – May 15, 2025"]
+    assert 'data-testid="yours"' not in html  # an individual's history has no "yours" column
 
 
 def test_pages_render_assets_from_versioned_local_urls(session: Session, signed_in: SignIn) -> None:
@@ -157,3 +169,41 @@ def test_error_pages_use_the_site_layout_and_htmx_gets_a_fragment(
     assert "<nav" in page.get_data(as_text=True)
     fragment = client.get("/no-such-page", headers={"HX-Request": "true"})
     assert fragment.status_code == 404 and b"<nav" not in fragment.data
+
+
+def test_history_chart_has_round_ticks_years_a_named_limit_and_a_legend_for_each_colour(
+    session: Session, signed_in: SignIn
+) -> None:
+    user = make_user(session, plan="pro", password=PASSWORD, anchor=now() - timedelta(days=2))
+    use(session, user.id, 80)  # over the 75 included: the "exceeded" colour
+    html = squash(text(signed_in(user.email), "/usage/history"))
+
+    ticks = re.findall(r'<text class="tick"[^>]*>([^<]+)</text>', html)
+    assert ticks == ["0", "20", "40", "60", "80"]
+    # Apr 2025 … Mar 2026: the year under the first month and under January.
+    years = re.findall(r'<text class="year"[^>]*>(\d+)</text>', html)
+    assert years == ["2025", "2026"]
+    months = re.findall(r'<text class="month"[^>]*>(\w+)</text>', html)
+    assert months[0] == "Apr" and months[-1] == "Mar" and len(months) == 12
+    assert re.findall(r'<text class="limit-label"[^>]*>([^<]+)</text>', html) == ["Included 75"]
+    legend = html.split('data-testid="chart-legend">')[1].split("</figcaption>")[0]
+    assert "Used, OK" in legend and "Used, Exceeded" in legend and "Included" in legend
+    assert "Used, Warning" not in legend  # only colours the bars use
+
+
+def test_a_team_members_history_shows_their_own_part_and_the_pool(
+    session: Session, signed_in: SignIn
+) -> None:
+    org = make_org(session, plan="team", seats=2, anchor=now() - timedelta(days=3))
+    alice = make_user(session, org=org, password=PASSWORD)
+    bob = make_user(session, org=org, password=PASSWORD)
+    use(session, alice.id, 30)
+    use(session, bob.id, 80)  # the pool: 110 of 100
+    html = squash(text(signed_in(alice.email), "/usage/history"))
+
+    current = html.split('aria-current="true"', 1)[1].split("</tr>")[0]
+    assert '<td class="num" data-testid="yours">30</td>' in current
+    assert '<td class="num" data-testid="used">110</td>' in current
+    assert "€" in current  # the organization's overage, which its admins pay
+    assert f"pooled for {org.name}" in html
+    assert html.count('class="part"') == 12 and "Your part" in html
