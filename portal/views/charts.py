@@ -10,7 +10,7 @@ from typing import Protocol
 from portal.periods import BillingPeriod
 from portal.plans import WarningLevel
 
-WIDTH, HEIGHT = 720, 260
+WIDTH, HEIGHT = 400, 240
 TOP, BOTTOM, LEFT, RIGHT = 20, 44, 52, 8
 
 
