@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.demo import DEMO_PASSWORD, seed_demo
+from tests.billing.helpers import API_KEY
 from tests.browser.test_portal_in_browser import sign_in
 from tests.browser.tour import DESKTOP, PHONES, TABLET, Page, problems_at
 
@@ -54,8 +55,11 @@ def tour(page: Page, base: str, paths: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("kind", TOURS)
 def test_every_page_fits_a_phone_and_passes_axe(
-    kind: str, session: Session, live_server: str, page: Page
+    kind: str, app: Flask, session: Session, live_server: str, page: Page
 ) -> None:
+    # Billing on, so the upgrade and billing buttons are on the pages too; showing
+    # them asks nothing of Stripe.
+    app.config.update(STRIPE_API_KEY=API_KEY, PORTAL_BASE_URL=live_server)
     seed_demo(session, clock.now())
     session.commit()
     email, paths = TOURS[kind]
