@@ -9,6 +9,7 @@ from typing import Protocol
 
 from portal.periods import BillingPeriod
 from portal.plans import WarningLevel
+from portal.views.formatting import number
 
 WIDTH, HEIGHT = 720, 260
 TOP, BOTTOM, LEFT, RIGHT = 20, 44, 52, 8
@@ -124,7 +125,9 @@ def history_chart(
                 used=row.used,
                 limit=limit,
                 level=row.warning_level,
-                limit_label=None if earlier and earlier[1] == limit else f"Included {limit:,}",
+                limit_label=None
+                if earlier and earlier[1] == limit
+                else f"Included {number(limit)}",
                 part_y=None if part is None else y_of(part),
                 part_height=0.0 if part is None else round(HEIGHT - BOTTOM - y_of(part), 1),
                 part=part,

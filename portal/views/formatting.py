@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from portal import clock
 from portal.periods import BillingPeriod, last_day
-from portal.plans import WarningLevel, percent_used, upgrade_for, upgrades_from
+from portal.plans import Plan, WarningLevel, percent_used, upgrade_for, upgrades_from
 
 LEVEL_WORDS = {
     WarningLevel.OK: "OK",
@@ -85,6 +85,23 @@ def level_words(level: WarningLevel | str) -> str:
     return LEVEL_WORDS[WarningLevel(level)]
 
 
+def limit_state(
+    level: WarningLevel | str, plan: Plan | None, resets_on: str = ""
+) -> tuple[str, str]:
+    """What a usage shows, as a CSS state and in words.
+
+    At 100 % a plan's own consequence shows: a hard-capped plan is paused
+    until its reset, a paid plan bills the overage. The two must never look
+    alike. Without a plan (a member's share of a pool), the level alone.
+    """
+    level = WarningLevel(level)
+    if level is WarningLevel.EXCEEDED and plan is not None:
+        if plan.is_hard_capped:
+            return "paused", f"Paused until {resets_on}"
+        return "over", f"Over the limit · billed at {euros(plan.overage_rate_cents)} each"
+    return level.value, LEVEL_WORDS[level]
+
+
 SHARED_MACROS = "_macros/usage.html"
 """Widgets many pages draw (the usage bar, level badges): template globals, not imports."""
 
@@ -118,6 +135,7 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(moment)
     app.add_template_global(time_ago)
     app.add_template_global(level_words)
+    app.add_template_global(limit_state)
     app.add_template_global(percent_used, "share_of")
     app.add_template_global(upgrade_for)
     app.add_template_global(upgrades_from)

@@ -84,8 +84,7 @@ def _table_state() -> tuple[MemberSort, bool, str, int]:
         sort = MemberSort(request.args.get("sort", MemberSort.USED))
     except ValueError:
         sort = MemberSort.USED
-    most_first = sort in (MemberSort.USED, MemberSort.SHARE, MemberSort.LEVEL)
-    descending = request.args.get("dir", "desc" if most_first else "asc") == "desc"
+    descending = request.args.get("dir", "desc" if sort.most_first else "asc") == "desc"
     search = request.args.get("q", "")[:100]
     if "\x00" in search:
         abort(400)
@@ -121,6 +120,7 @@ def usage(slug: str) -> str:
         "periods": periods,
         "period": period,
         "pool_alerts": org.pool_alerts,
+        "MemberSort": MemberSort,
     }
     partial = request.headers.get("HX-Request") and not request.headers.get(
         "HX-History-Restore-Request"
