@@ -204,3 +204,24 @@ def test_a_members_history_shows_their_part_day_by_day_against_one_seat(
         ("Nov 9, 2026", "0", "6"),
     ]
     assert "Included 50" in html  # one seat's allowance, as the member's levels
+
+
+def test_days_past_the_included_amount_say_what_happens_next(
+    session: Session, signed_in: SignIn, clock: FrozenClock
+) -> None:
+    pro = make_user(session, plan="pro", anchor=NOV_7, password=PASSWORD)
+    free = make_user(session, password=PASSWORD)  # 5 a calendar month, then paused
+    session.commit()
+    use(session, pro.id, datetime(2026, 11, 7, 9, tzinfo=UTC), 70)
+    use(session, pro.id, datetime(2026, 11, 8, 9, tzinfo=UTC), 10)
+    use(session, free.id, datetime(2026, 11, 2, 9, tzinfo=UTC), 5)
+    clock.now = datetime(2026, 11, 8, 12, tzinfo=UTC)
+
+    billed = text_of(signed_in(pro.email), "/usage")
+    paused = text_of(signed_in(free.email), "/usage")
+
+    # Nov 7 is at 93 % (a warning); Nov 8 past 100 %, billed on a paid plan.
+    assert re.findall(r'<rect class="day level-(\w+)"', billed) == ["warning", "over"]
+    assert "Running total, Over the limit · billed at €0.30 each" in billed
+    assert re.findall(r'<rect class="day level-(\w+)"', paused)[1:] == ["paused"] * 7
+    assert "Running total, Paused until Dec 1, 2026" in paused
