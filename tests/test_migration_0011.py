@@ -20,12 +20,10 @@ from tests.conftest import MIGRATIONS, scratch_database
 
 INDEXES = {
     "ix_usage_events_pool_day": (
-        "(organization_id, period_start, user_id) INCLUDE (occurred_at, quantity, event_type) "
-        "WHERE (organization_id IS NOT NULL)"
+        "(organization_id, period_start, user_id) WHERE (organization_id IS NOT NULL)"
     ),
     "ix_usage_events_user_day": (
-        "(user_id, period_start) INCLUDE (occurred_at, quantity, event_type) "
-        "WHERE (organization_id IS NULL)"
+        "(user_id, period_start) WHERE (organization_id IS NULL)"
     ),
 }
 

