@@ -22,9 +22,7 @@ INDEXES = {
     "ix_usage_events_pool_day": (
         "(organization_id, period_start, user_id) WHERE (organization_id IS NOT NULL)"
     ),
-    "ix_usage_events_user_day": (
-        "(user_id, period_start) WHERE (organization_id IS NULL)"
-    ),
+    "ix_usage_events_user_day": ("(user_id, period_start) WHERE (organization_id IS NULL)"),
 }
 
 

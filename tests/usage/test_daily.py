@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import itertools
+import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
@@ -220,5 +219,7 @@ def test_each_subjects_days_are_found_through_its_index(session: Session) -> Non
     assert re.search(r"Index Scan (using|on) ix_usage_events_pool_day ", pool), pool
     assert re.search(r"Index Scan (using|on) ix_usage_events_pool_day ", member), member
     # The member's part is found by the index's key, not filtered out of the pool's.
-    assert any("Index Cond" in line and "user_id = " in line for line in member.splitlines()), member
+    assert any("Index Cond" in line and "user_id = " in line for line in member.splitlines()), (
+        member
+    )
     assert re.search(r"Index Scan (using|on) ix_usage_events_user_day ", individual), individual
