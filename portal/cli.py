@@ -114,8 +114,8 @@ def create_user_command(
         click.echo(f"Created user {user.email} ({plan_id}{joined}).")
     for crowded in organizations_over_seats(_session(), org_slug) if org_slug else []:
         click.echo(
-            f"Warning: {crowded}. Its pool does not grow with members: add seats "
-            "(Manage billing on its page), or remove members.",
+            f"Warning: {crowded}. Its pool does not grow with members: its seats "
+            "follow the quantity of its Stripe subscription.",
             err=True,
         )
 

@@ -69,6 +69,18 @@ class BillingPeriod:
     def last_day(self) -> date:
         return last_day(self.start, self.end)
 
+    @property
+    def days(self) -> list[date]:
+        """Every UTC day the period has moments in, first to last.
+
+        A period that starts and ends mid-day (an anchor at 14:30) shares its first and
+        last day with its neighbours: usage on the morning of the day it ends on still
+        counts in it, so a day-by-day chart needs that day too, though ``last_day`` (the
+        label) leaves it to the next period.
+        """
+        first, final = self.first_day, (self.end - RESOLUTION).date()
+        return [first + timedelta(days=n) for n in range((final - first).days + 1)]
+
     def shifted(self, periods: int) -> BillingPeriod:
         """The period ``periods`` periods later (earlier when negative)."""
         period = self

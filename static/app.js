@@ -143,6 +143,24 @@
     delete pendingFocus[event.detail.target && event.detail.target.id];
   });
 
+  // A table fallback someone opened (the daily chart's "Daily figures") stays open
+  // when the live region is swapped for its fresh copy, and one they closed stays
+  // closed: each <details> with an id remembers what its reader chose.
+  var chosen = {};
+  document.addEventListener("toggle", function (event) {
+    var details = event.target;
+    if (details.tagName === "DETAILS" && details.id) {
+      chosen[details.id] = details.open;
+    }
+  }, true);  // toggle does not bubble
+  document.addEventListener("htmx:load", function (event) {
+    event.detail.elt.querySelectorAll("details[id]").forEach(function (details) {
+      if (Object.prototype.hasOwnProperty.call(chosen, details.id)) {
+        details.open = chosen[details.id];
+      }
+    });
+  });
+
   // A changed period reloads the page without pressing "Show".
   document.addEventListener("change", function (event) {
     var select = event.target;

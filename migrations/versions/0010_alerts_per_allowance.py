@@ -8,8 +8,9 @@ A plan changed within a billing period (an upgrade in Stripe, seats bought)
 keeps the period's running total but changes its allowance: its 80, 95 and
 100 % are new thresholds, announced anew. So an alert is unique per total,
 plan, allowance and threshold. ``ix_usage_records_alertable`` holds only the
-totals at or past 80 %, which ``flask send-notifications`` reads each minute,
-so that search does not grow with the history.
+totals at or past 80 %, by period end: ``flask send-notifications`` reads
+those of running periods each minute, one range that does not grow with the
+history (the index itself does, by the totals that reached 80 %).
 """
 from alembic import op
 import sqlalchemy as sa

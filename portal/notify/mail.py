@@ -39,11 +39,13 @@ def compose(
 ) -> EmailMessage:
     """The email: plain text and HTML, and the headers that let a mailbox unsubscribe at once.
 
-    The parts are quoted-printable, 7-bit clean for any server; an address
-    outside ASCII needs the SMTPUTF8 extension (``send`` checks the server has it).
+    The parts are quoted-printable, 7-bit clean for any server. Headers are
+    too (a display name outside ASCII is encoded, RFC 2047) unless an
+    address is outside ASCII: then the whole message is UTF-8, which needs
+    the SMTPUTF8 extension (``send`` asks for it, and checks the server has it).
     """
-    addresses = settings.sender + message.recipient_email
-    email = EmailMessage(policy=SMTP if addresses.isascii() else SMTPUTF8)
+    utf8 = _needs_smtputf8(settings.sender, message.recipient_email)
+    email = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     email["From"] = settings.sender
     email["To"] = Address(display_name=message.recipient_name, addr_spec=message.recipient_email)
     email["Subject"] = rendered.subject
@@ -135,7 +137,7 @@ def _transact(
     sender = parseaddr(settings.sender)[1]
     recipient = str(email["To"].addresses[0].addr_spec)
     options: list[str] = []
-    if not (sender + recipient).isascii():
+    if _needs_smtputf8(settings.sender, recipient):
         if not smtp.has_extn("smtputf8"):
             return Delivered(
                 Outcome.FAILED, f"the mail server takes no address outside ASCII ({recipient})"
@@ -159,6 +161,11 @@ def _transact(
     if code != 250:
         return _answered(code, reply)
     return Delivered(Outcome.SENT)
+
+
+def _needs_smtputf8(sender: str, recipient: str) -> bool:
+    """Whether the envelope's addresses (not a display name) are outside ASCII."""
+    return not (parseaddr(sender)[1] + recipient).isascii()
 
 
 def _answered(code: int, reply: bytes | str) -> Delivered:

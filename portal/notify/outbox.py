@@ -21,7 +21,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import ColumnElement, Interval, and_, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from portal.models import Membership, Notification, Organization, UsageAlert, UsageRecord, User
@@ -64,11 +64,21 @@ Held = tuple[uuid.UUID, int]
 """A lease: the message's id and the attempt this run made it."""
 
 
+def _due(now: datetime) -> ColumnElement[bool]:
+    """Waiting to go, or leased by a run whose lease ran out."""
+    waiting = Notification.status.in_(("pending", "sending"))
+    return and_(waiting, Notification.next_attempt_at <= now)
+
+
+def count_due(session: Session, now: datetime) -> int:
+    return session.scalar(select(func.count()).where(_due(now))) or 0
+
+
 def lease_due(session: Session, now: datetime, limit: int) -> list[Held]:
     """Take up to ``limit`` due messages for this run; commits, so the lease holds."""
     due = (
         select(Notification.id)
-        .where(Notification.status.in_(("pending", "sending")), Notification.next_attempt_at <= now)
+        .where(_due(now))
         .order_by(Notification.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -194,7 +204,8 @@ def release(session: Session, held: list[Held]) -> None:
         held,
         status="pending",
         attempts=Notification.attempts - 1,
-        next_attempt_at=Notification.next_attempt_at - LEASE,
+        # An interval, typed as one: left untyped it would be sent as a timestamp.
+        next_attempt_at=Notification.next_attempt_at - literal(LEASE, Interval()),
     )
 
 

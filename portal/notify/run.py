@@ -103,11 +103,13 @@ def send_notifications(
         for number, message in enumerate(messages):
             if monotonic() - started >= options.max_seconds:
                 outbox.release(session, [later.lease for later in messages[number:]])
-                summary.deferred += len(messages) - number
                 break
             if not outbox.renew_lease(session, message.lease, now()):
                 continue  # this run was too slow: another one holds the message now
             _settle(session, message, _deliver(session, channels, message, now), now, summary)
+    if monotonic() - started >= options.max_seconds:
+        # Out of time: what is due now, given back or never leased, waits for the next run.
+        summary.deferred = outbox.count_due(session, now())
     summary.duration_s = round(monotonic() - started, 3)
     return summary
 

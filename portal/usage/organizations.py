@@ -41,6 +41,17 @@ class MemberSort(enum.StrEnum):
     LEVEL = "level"
     LAST_ACTIVITY = "last_activity"
 
+    @property
+    def most_first(self) -> bool:
+        """Whether this column first sorts from the most (highest, latest) down: usage
+        and recent activity are what an admin looks for; names and roles read A to Z."""
+        return self in (
+            MemberSort.USED,
+            MemberSort.SHARE,
+            MemberSort.LEVEL,
+            MemberSort.LAST_ACTIVITY,
+        )
+
 
 @dataclass(frozen=True)
 class MemberShare:

@@ -143,6 +143,21 @@ def project_usage(used: int, period: BillingPeriod, now: datetime) -> int:
     return max(used, math.ceil(round(used / elapsed, 6)))
 
 
+def projected_used(
+    plan: Plan, used: int, included: int, period: BillingPeriod, now: datetime
+) -> int:
+    """What the status projects for ``used`` of ``included`` by the period's end on ``plan``.
+
+    The one projection the pages show: the dashboard's figure, and the dashed
+    line of every daily chart (a pool's, a member's).
+    """
+    projected = project_usage(used, period, now)
+    if plan.is_hard_capped:
+        # A hard cap stops usage at the included amount, so never project past it.
+        projected = min(projected, max(included, 0))
+    return projected
+
+
 def build_status(
     effective: EffectivePlan,
     period: BillingPeriod,
@@ -151,10 +166,7 @@ def build_status(
     now: datetime,
 ) -> UsageStatus:
     """The status of ``effective``'s subject in ``period`` with ``used`` counted."""
-    projected = project_usage(used, period, now)
-    if effective.plan.is_hard_capped:
-        # A hard cap stops usage at the included amount, so never project past it.
-        projected = min(projected, max(effective.included, 0))
+    projected = projected_used(effective.plan, used, effective.included, period, now)
     return UsageStatus(
         plan=effective.plan,
         used=used,

@@ -122,6 +122,13 @@ class EffectivePlan:
         return period_containing(moment, self.anchor, current)
 
 
+def organization_subject(org: Organization) -> BillingSubject:
+    """The pool of ``org``, as the billing subject its members' usage counts against."""
+    return BillingSubject(
+        SubjectKind.ORGANIZATION, org.id, org.slug, org.stripe_customer_id, org.name
+    )
+
+
 class UnknownUser(LookupError):
     """No user has this id or email."""
 

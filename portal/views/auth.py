@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from flask import (
     Blueprint,
     current_app,
@@ -30,7 +28,7 @@ from portal.ratelimit import (
     RateLimits,
 )
 from portal.sessions import end_session, start_session
-from portal.views.security import SignedInUser
+from portal.views.security import SignedInUser, local_path
 
 blueprint = Blueprint("auth", __name__)
 
@@ -46,16 +44,8 @@ class LoginForm(FlaskForm):  # type: ignore[misc]
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after signing in: a local path only, never another site.
-
-    Control characters (a CR/LF would split the Location header) send the
-    user to the dashboard instead.
-    """
-    if target and target.isprintable():
-        parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target:
-            return target if not target.startswith("//") else url_for("usage.dashboard")
-    return url_for("usage.dashboard")
+    """Where to go after signing in: a local path, else the dashboard."""
+    return local_path(target) or url_for("usage.dashboard")
 
 
 def _failure_counters(account: str) -> list[tuple[Limit, tuple[str, ...]]]:

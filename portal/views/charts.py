@@ -1,14 +1,17 @@
-"""Geometry for the server-rendered SVG history chart (presentation only)."""
+"""Geometry for the server-rendered SVG charts: history and the daily chart (presentation only)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Protocol
 
 from portal.periods import BillingPeriod
-from portal.plans import WarningLevel
+from portal.plans import WarningLevel, warning_level
+from portal.usage.daily import DailyUsage, UsageDay
+from portal.views.formatting import number
 
 WIDTH, HEIGHT = 400, 240
 TOP, BOTTOM, LEFT, RIGHT = 20, 44, 52, 8
@@ -124,10 +127,115 @@ def history_chart(
                 used=row.used,
                 limit=limit,
                 level=row.warning_level,
-                limit_label=None if earlier and earlier[1] == limit else f"Included {limit:,}",
+                limit_label=None
+                if earlier and earlier[1] == limit
+                else f"Included {number(limit)}",
                 part_y=None if part is None else y_of(part),
                 part_height=0.0 if part is None else round(HEIGHT - BOTTOM - y_of(part), 1),
                 part=part,
             )
         )
     return Chart(WIDTH, HEIGHT, bars, HEIGHT - BOTTOM, [(y_of(v), v) for v in ticks])
+
+
+DAILY_HEIGHT = 220
+DAILY_LABEL_EVERY = 7
+"""A date under every week's first bar (and the last day): a month of dates would overlap."""
+
+
+@dataclass(frozen=True)
+class DayBar:
+    x: float
+    y: float
+    width: float
+    height: float
+    usage: UsageDay
+    level: WarningLevel
+    """The running total's level against the period's included amount."""
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The dashed line from today's running total to the projected total on the last day."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    total: int
+    by: date
+
+
+@dataclass(frozen=True)
+class DailyChart:
+    width: int
+    height: int
+    axis_y: float
+    ticks: list[tuple[float, int]]
+    bars: list[DayBar]
+    """One per day so far; the period's other days are empty slots to the right."""
+    dates: list[tuple[float, date]]
+    """Where the x axis names a day."""
+    included_y: float
+    included: int
+    projection: Projection | None
+    plot_left: int = LEFT
+    plot_right: int = WIDTH - RIGHT
+
+    @property
+    def levels(self) -> list[WarningLevel]:
+        return [level for level in WarningLevel if any(bar.level is level for bar in self.bars)]
+
+
+def daily_chart(daily: DailyUsage) -> DailyChart:
+    """A bar per day so far, as the running total at its end, against the included line.
+
+    Every day of the period has a slot, so the bars fill the period as it passes
+    and the projection runs on to the last day.
+    """
+    days = daily.period.days
+    projected = daily.projected_used if daily.projected_used is not None else 0
+    ticks = nice_ticks(max(daily.used, daily.included, projected))
+    top = ticks[-1]
+    plot_height = DAILY_HEIGHT - TOP - BOTTOM
+    axis_y = DAILY_HEIGHT - BOTTOM
+    slot = (WIDTH - LEFT - RIGHT) / max(1, len(days))
+
+    def y_of(value: int) -> float:
+        return round(TOP + plot_height * (1 - value / top), 1)
+
+    def middle(index: int) -> float:
+        return round(LEFT + index * slot + slot / 2, 1)
+
+    bars = [
+        DayBar(
+            x=round(LEFT + index * slot + slot * 0.15, 1),
+            y=y_of(usage.running_total),
+            width=round(slot * 0.7, 1),
+            height=round(axis_y - y_of(usage.running_total), 1),
+            usage=usage,
+            level=warning_level(usage.running_total, daily.included),
+        )
+        for index, usage in enumerate(daily.days)
+    ]
+    last = len(days) - 1
+    labelled = sorted({*range(0, len(days), DAILY_LABEL_EVERY), last})
+    if last - 1 in labelled and last % DAILY_LABEL_EVERY:
+        labelled.remove(last - 1)  # two dates side by side would overlap
+    projection = None
+    if daily.projected_used is not None and daily.days:
+        today = len(daily.days) - 1
+        projection = Projection(
+            middle(today), y_of(daily.used), middle(last), y_of(projected), projected, days[-1]
+        )
+    return DailyChart(
+        width=WIDTH,
+        height=DAILY_HEIGHT,
+        axis_y=axis_y,
+        ticks=[(y_of(v), v) for v in ticks],
+        bars=bars,
+        dates=[(middle(index), days[index]) for index in labelled],
+        included_y=y_of(daily.included),
+        included=daily.included,
+        projection=projection,
+    )

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from portal.extensions import db
 from portal.maintenance import UnderMaintenance
 from portal.outages import answer_outages, roll_back
-from portal.views.security import without_reading_the_user
+from portal.views.security import local_path, without_reading_the_user
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ def _html_error(
         "poll_seconds": 0,
         "offline": offline,
         "retry_after": _retry_after(error),
+        # The same address again, for failures that may pass: only ever a
+        # path on this site ("/%5Cevil.example" decodes to one that is not).
+        "try_again": local_path(request.full_path.rstrip("?"))
+        if request.method == "GET" and (status >= 500 or status == 429)
+        else None,
     }
     if offline:
         without_reading_the_user()

@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from portal import clock
 from portal.periods import BillingPeriod, last_day
-from portal.plans import WarningLevel, percent_used, upgrade_for, upgrades_from
+from portal.plans import Plan, WarningLevel, percent_used, upgrade_for, upgrades_from
 
 LEVEL_WORDS = {
     WarningLevel.OK: "OK",
@@ -37,6 +37,11 @@ def day(value: date | None) -> str:
     return f"{value:%b} {value.day}, {value.year}" if value else "—"
 
 
+def month_day(value: date) -> str:
+    """A day without its year, where the year is said nearby: "Dec 7" (chart axes)."""
+    return f"{value:%b} {value.day}"
+
+
 def days(period: BillingPeriod) -> str:
     """A period by its first and last day: "Nov 7 – Dec 6, 2026"."""
     return days_between(period.start, period.end)
@@ -47,7 +52,7 @@ def days_between(start: datetime, end: datetime) -> str:
     not change ("Dec 7, 2026 – Jan 6, 2027" when it does)."""
     first, last = start.date(), last_day(start, end)
     if first.year == last.year:
-        return f"{first:%b} {first.day} – {last:%b} {last.day}, {last.year}"
+        return f"{month_day(first)} – {month_day(last)}, {last.year}"
     return f"{day(first)} – {day(last)}"
 
 
@@ -85,12 +90,35 @@ def level_words(level: WarningLevel | str) -> str:
     return LEVEL_WORDS[WarningLevel(level)]
 
 
-SHARED_MACROS = "_macros/usage.html"
-"""Widgets many pages draw (the usage bar, level badges): template globals, not imports."""
+def limit_state(
+    level: WarningLevel | str, plan: Plan | None, resets_on: str = ""
+) -> tuple[str, str]:
+    """What a usage shows, as a CSS state and in words.
+
+    At 100 % a plan's own consequence shows: a hard-capped plan is paused
+    until its reset, a paid plan bills the overage. The two must never look
+    alike. Without a plan (a member's share of a pool), the level alone.
+    """
+    level = WarningLevel(level)
+    if level is WarningLevel.EXCEEDED and plan is not None:
+        if plan.is_hard_capped:
+            return "paused", f"Paused until {resets_on}"
+        return "over", f"Over the limit · billed at {euros(plan.overage_rate_cents)} each"
+    return level.value, LEVEL_WORDS[level]
+
+
+SHARED_MACROS = {
+    "usage_bar": "_macros/usage.html",
+    "level_badge": "_macros/usage.html",
+    "manage_billing_button": "_macros/usage.html",
+    "daily_figure": "_macros/chart.html",
+}
+"""Widgets many pages draw (the usage bar, level badges, the daily chart): template
+globals, not imports, each from the file it is written in."""
 
 
 def _shared_macro(app: Flask, name: str) -> Callable[..., Markup]:
-    """``name`` from ``SHARED_MACROS``, looked up at each call.
+    """``name`` from its file in ``SHARED_MACROS``, looked up at each call.
 
     Templates call these without ``{% from … import %}``: an import runs again
     on every render, which cost the live usage region (rendered on every
@@ -100,7 +128,7 @@ def _shared_macro(app: Flask, name: str) -> Callable[..., Markup]:
     """
 
     def call(*args: Any, **kwargs: Any) -> Markup:
-        module = app.jinja_env.get_template(SHARED_MACROS).module
+        module = app.jinja_env.get_template(SHARED_MACROS[name]).module
         return cast(Markup, getattr(module, name)(*args, **kwargs))
 
     call.__name__ = name
@@ -108,16 +136,18 @@ def _shared_macro(app: Flask, name: str) -> Callable[..., Markup]:
 
 
 def init_app(app: Flask) -> None:
-    for macro in ("usage_bar", "level_badge", "manage_billing_button"):
+    for macro in SHARED_MACROS:
         app.add_template_global(_shared_macro(app, macro), macro)
     app.add_template_filter(number)
     app.add_template_filter(euros)
     app.add_template_filter(day)
+    app.add_template_filter(month_day)
     app.add_template_filter(days)
     app.add_template_global(days_between)
     app.add_template_filter(moment)
     app.add_template_global(time_ago)
     app.add_template_global(level_words)
+    app.add_template_global(limit_state)
     app.add_template_global(percent_used, "share_of")
     app.add_template_global(upgrade_for)
     app.add_template_global(upgrades_from)

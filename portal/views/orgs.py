@@ -17,12 +17,13 @@ from portal.extensions import db
 from portal.models import Organization
 from portal.periods import BillingPeriod
 from portal.usage import MemberSort, get_org_usage_summary, iter_org_member_usage
+from portal.usage.daily import member_daily_usage, pool_daily_usage
 from portal.usage.organizations import (
     DEFAULT_PAGE_SIZE,
     get_member_history,
     organization_period,
 )
-from portal.views.charts import history_chart
+from portal.views.charts import daily_chart, history_chart
 from portal.views.formatting import iso_seconds
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,7 @@ def _table_state() -> tuple[MemberSort, bool, str, int]:
         sort = MemberSort(request.args.get("sort", MemberSort.USED))
     except ValueError:
         sort = MemberSort.USED
-    most_first = sort in (MemberSort.USED, MemberSort.SHARE, MemberSort.LEVEL)
-    descending = request.args.get("dir", "desc" if most_first else "asc") == "desc"
+    descending = request.args.get("dir", "desc" if sort.most_first else "asc") == "desc"
     search = request.args.get("q", "")[:100]
     if "\x00" in search:
         abort(400)
@@ -121,13 +121,17 @@ def usage(slug: str) -> str:
         "periods": periods,
         "period": period,
         "pool_alerts": org.pool_alerts,
+        "MemberSort": MemberSort,
     }
     partial = request.headers.get("HX-Request") and not request.headers.get(
         "HX-History-Restore-Request"
     )
     if partial:
         return render_template("partials/orgs/_members.html", standalone=True, **context)
-    return render_template("orgs/usage.html", **context)
+    daily = pool_daily_usage(db.session(), org, period, clock.now())
+    return render_template(
+        "orgs/usage.html", daily=daily, daily_chart=daily_chart(daily), **context
+    )
 
 
 @blueprint.get("/<slug>/usage.csv")
@@ -190,14 +194,22 @@ def _cell(text: str) -> str:
 @blueprint.get("/<slug>/members/<int:member_id>/history")
 @login_required
 def member_history(slug: str, member_id: int) -> str:
-    """One member's part of the pool over the last 12 periods (admins only)."""
+    """One member's part of the pool: this period day by day, and the last 12 periods."""
     org = administered(slug)
     try:
         member = member_of(db.session(), org, member_id)
     except NotVisible:
         abort(404)
-    periods = get_member_history(db.session(), org, member.id, clock.now())
+    now = clock.now()
+    periods = get_member_history(db.session(), org, member.id, now)
     chart = history_chart(periods, [row.seat_included for row in periods])
+    daily = member_daily_usage(db.session(), org, member.id, now)
     return render_template(
-        "orgs/member_history.html", org=org, member=member, periods=periods, chart=chart
+        "orgs/member_history.html",
+        org=org,
+        member=member,
+        periods=periods,
+        chart=chart,
+        daily=daily,
+        daily_chart=daily_chart(daily),
     )

@@ -66,6 +66,28 @@ def without_reading_the_user() -> None:
 SESSION_ENDED = "Your session ended; sign in again."
 
 
+def local_path(target: str | None) -> str | None:
+    """``target`` if it is a path on this site, else None: never another site.
+
+    ``//host`` and ``/\\host`` name another site to a browser, and a control
+    character (a CR/LF would split a Location header) has no place in a path.
+    """
+    if not target or not target.isprintable() or "\\" in target:
+        return None
+    if not target.startswith("/") or target.startswith("//"):
+        return None
+    return target
+
+
+def _polled_page() -> str | None:
+    """The page an HTMX request came from (``HX-Current-URL``), as a local path."""
+    try:
+        page = urlsplit(request.headers.get("HX-Current-URL", ""))
+    except ValueError:  # "http://[::1/usage": not a URL at all
+        return None
+    return local_path(page.path + (f"?{page.query}" if page.query else ""))
+
+
 def unauthorized() -> Response:
     """Signed-out visitors go to /login, and come back to where they were once signed in.
 
@@ -78,9 +100,7 @@ def unauthorized() -> Response:
         flash(SESSION_ENDED, "info")
     if request.headers.get("HX-Request"):
         response = Response(status=401)
-        page = urlsplit(request.headers.get("HX-Current-URL", ""))
-        where = page.path + (f"?{page.query}" if page.query else "")
-        response.headers["HX-Redirect"] = url_for("auth.login", next=where or None)
+        response.headers["HX-Redirect"] = url_for("auth.login", next=_polled_page())
         return response
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))  # type: ignore[return-value]
 

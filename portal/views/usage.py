@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import date, datetime
 
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 from flask_login import current_user, login_required
@@ -12,7 +13,8 @@ from portal import clock
 from portal.extensions import db
 from portal.plans import PLANS
 from portal.usage import UnknownUser, UsageStatus, check_usage, get_usage_history
-from portal.views.charts import history_chart
+from portal.usage.daily import daily_usage
+from portal.views.charts import daily_chart, history_chart
 from portal.views.security import unauthorized
 
 blueprint = Blueprint("usage", __name__)
@@ -22,9 +24,17 @@ CACHE_CONTROL = "private, no-cache"
 """Revalidate every time: the bar must never be stale, but an unchanged one costs a 304."""
 
 
-def status_etag(status: UsageStatus) -> str:
-    """Changes whenever anything the live region shows changes."""
+def status_etag(status: UsageStatus, today: date) -> str:
+    """Changes whenever anything the live region shows changes.
+
+    The daily chart needs no read of its own here: a period's events are only
+    ever added (or moved out whole, by a plan change), each changing ``used``,
+    so ``used`` and the period name its days' figures; ``today`` adds the new
+    day's bar at midnight UTC, usage or not. So an unchanged region is still
+    answered without reading the days.
+    """
     facts = (
+        today,
         status.plan.id,
         status.subject,
         status.period.start,
@@ -49,21 +59,26 @@ def _upgrading() -> str | None:
     return plan if plan in PLANS else None
 
 
-def _region_context(status: UsageStatus) -> dict[str, object]:
+def _region_context(status: UsageStatus, now: datetime) -> dict[str, object]:
     """What the live region's template needs, whether in the page or alone."""
     upgrading = _upgrading()
+    daily = daily_usage(
+        db.session(), status.subject, status.period, now, plan=status.plan, included=status.included
+    )
     return {
         "status": status,
+        "daily": daily,
+        "daily_chart": daily_chart(daily),
         "upgrading": upgrading,
         "poll_seconds": current_app.config["POLL_SECONDS"],
         "poll_url": url_for("usage.current", upgrading=upgrading),
     }
 
 
-def _signed_in_status() -> UsageStatus | None:
-    """The signed-in user's usage now; ``None`` if the account went away meanwhile."""
+def _signed_in_status(now: datetime) -> UsageStatus | None:
+    """The signed-in user's usage at ``now``; ``None`` if the account went away meanwhile."""
     try:
-        return check_usage(db.session(), current_user.id, clock.now())
+        return check_usage(db.session(), current_user.id, now)
     except UnknownUser:
         return None
 
@@ -71,11 +86,12 @@ def _signed_in_status() -> UsageStatus | None:
 @blueprint.get("/usage")
 @login_required
 def dashboard() -> Response | str:
-    """The usage bar, plan, period and alerts for the signed-in user."""
-    status = _signed_in_status()
+    """The usage bar, plan, period, daily chart and alerts for the signed-in user."""
+    now = clock.now()
+    status = _signed_in_status(now)
     if status is None:
         return unauthorized()
-    return render_template("usage/dashboard.html", **_region_context(status))
+    return render_template("usage/dashboard.html", **_region_context(status, now))
 
 
 @blueprint.get("/usage/current")
@@ -86,14 +102,18 @@ def current() -> Response:
     Every open dashboard polls this, so it is the page served most: an
     unchanged region is answered from its ETag without rendering.
     """
-    status = _signed_in_status()
+    now = clock.now()
+    status = _signed_in_status(now)
     if status is None:
         return unauthorized()
-    etag = status_etag(status)
+    etag = status_etag(status, now.date())
     headers = {"ETag": quote_etag(etag), "Cache-Control": CACHE_CONTROL, "Vary": "Cookie"}
     if parse_etags(request.headers.get("If-None-Match")).contains(etag):
         return Response(status=304, headers=headers)
-    body = render_template(REGION_TEMPLATE, **_region_context(status))
+    # The days are read only now: a 304 needs nothing but the status. Usage recorded
+    # between the two reads shows in the chart a poll before the bar; the next poll's
+    # ETag (a new ``used``) brings the bar level.
+    body = render_template(REGION_TEMPLATE, **_region_context(status, now))
     return Response(body, 200, headers, mimetype="text/html")
 
 

@@ -38,6 +38,8 @@ class Mailbox:
     messages: list[EmailMessage] = field(default_factory=list)
     recipients: list[str] = field(default_factory=list)
     """The envelope's addresses, as the server took them (UTF-8 with SMTPUTF8)."""
+    contents: list[bytes] = field(default_factory=list)
+    """Each message as it went over the wire."""
     refuse: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -47,6 +49,7 @@ class Mailbox:
                 return self.refuse.pop(0)
             message = email.message_from_bytes(envelope.content, policy=email.policy.default)
             self.messages.append(message)  # type: ignore[arg-type]
+            self.contents.append(envelope.original_content or envelope.content)
             self.recipients.extend(envelope.rcpt_tos)
         return "250 2.0.0 OK"
 

@@ -27,7 +27,7 @@ from portal.notify import outbox
 from portal.notify.cli import channels_for
 from portal.notify.crossings import detect_crossings
 from portal.notify.preferences import Preferences, set_pool_alerts, set_preferences
-from portal.notify.run import send_notifications
+from portal.notify.run import NotifyOptions, send_notifications
 from portal.usage.recording import record_usage
 from tests.factories import NOW, FrozenClock, make_org, make_user
 from tests.notify.conftest import (
@@ -168,6 +168,14 @@ def test_the_email_has_both_parts_the_figures_links_and_one_click_unsubscribe(
     text, html = _text(message), _html(message)
     assert "Used:      61 of 75 (81.3 %)" in text
     assert "<strong>61</strong> of 75 (81.3 %)" in html
+    # The period by its last day, and the reset at the instant after it, in both parts.
+    period = re.search(
+        r"Period: +.+ – (\w+ \d+, \d+) \(resets (\w+ \d+, \d+), \d\d:\d\d UTC\)", text
+    )
+    assert period, text
+    last, resets = (datetime.strptime(found, "%b %d, %Y") for found in period.groups())
+    assert resets - last == timedelta(days=1)
+    assert f"{period.group(2)}, " in html.split("Resets", 1)[1]
     for part in (text, html):
         assert "61 of the 75 AI suggestions included in your Pro plan are used" in part
         assert "https://usage.example.com/usage" in part
@@ -489,6 +497,29 @@ def test_concurrent_runs_and_recording_tell_each_threshold_once(
     assert len({str(m["Message-ID"]) for m in mailbox.messages}) == len(mailbox.messages)
 
 
+def test_a_run_out_of_time_counts_what_it_left_and_the_next_run_sends_it(
+    notifying_app: Flask, session: Session, mailbox: Mailbox
+) -> None:
+    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
+    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
+    for _ in range(3):
+        record(session, make_user(session, plan="pro"), 60)
+    # Each look at the time is a second later: the run sends one message, gives the
+    # second of its batch back and never leases the third.
+    ticks = itertools.count()
+
+    with notifying_app.app_context():
+        summary = send_notifications(
+            db.session(),
+            channels_for(notifying_app),
+            portal_clock.now,
+            NotifyOptions(max_seconds=3, batch_size=2),
+            monotonic=lambda: float(next(ticks)),
+        )
+    assert (summary.sent, summary.deferred, summary.exit_code) == (1, 2, 1)
+    assert (run(notifying_app)["sent"], len(mailbox.messages)) == (2, 3)
+
+
 def test_without_a_channel_the_command_stops_with_a_configuration_error(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["send-notifications"])
     assert result.exit_code == 2
@@ -543,6 +574,22 @@ def test_an_address_the_mail_cannot_carry_fails_for_the_operator_and_the_others_
     assert summary["failed"] == 1 and plain.messages == []
     refusal = "the mail server takes no address outside ASCII (bob@exämple.com)"
     assert refusal in summary["errors"][0]
+
+
+def test_a_sender_named_outside_ascii_goes_to_any_server_with_the_name_encoded(
+    notifying_app: Flask, session: Session
+) -> None:
+    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
+    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
+    notifying_app.config["MAIL_FROM"] = "Société Portail <usage@portal.example>"
+    record(session, make_user(session, plan="pro", email="grace@example.com"), 60)
+    with smtp_server("127.0.0.1", enable_SMTPUTF8=False) as plain:
+        notifying_app.config["SMTP_URL"] = f"smtp://127.0.0.1:{plain.port}"
+        assert run(notifying_app)["sent"] == 1
+
+    (wire,) = plain.contents
+    assert wire.isascii()  # nothing a server without SMTPUTF8 could refuse
+    assert str(plain.messages[0]["From"]) == "Société Portail <usage@portal.example>"
 
 
 def test_a_run_that_lost_its_lease_mid_email_leaves_it_to_the_run_that_took_over(

@@ -43,6 +43,7 @@ def test_wrong_email_or_password_get_one_generic_message(
         ("https://evil.example/steal", "/usage"),
         ("//evil.example", "/usage"),
         ("/\\evil.example", "/usage"),
+        ("//[::1/usage", "/usage"),  # not even a URL
     ],
 )
 def test_next_redirects_only_to_local_paths(
@@ -67,6 +68,16 @@ def test_expired_session_makes_an_htmx_poll_redirect_the_page(app: Flask) -> Non
     assert response.status_code == 401
     assert response.headers["HX-Redirect"] == "/login"
     assert b"<form" not in response.data
+
+
+def test_a_poll_from_a_page_that_is_not_a_url_here_still_goes_to_sign_in(app: Flask) -> None:
+    client = app.test_client()
+    for current in ("http://[::1/usage", "http://localhost//evil.example/x"):
+        response = client.get(
+            "/usage/current", headers={"HX-Request": "true", "HX-Current-URL": current}
+        )
+        assert response.status_code == 401
+        assert response.headers["HX-Redirect"] == "/login"
 
 
 def test_forms_without_csrf_token_are_refused(app: Flask, session: Session) -> None:

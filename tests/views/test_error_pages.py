@@ -9,7 +9,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
-from portal.config import load_config
 from tests.factories import make_org, make_user
 from tests.views.conftest import PASSWORD
 
@@ -57,22 +56,28 @@ def test_a_member_on_the_admins_page_is_told_it_is_not_theirs(
     assert "Error 403" in html and ways_forward(html) == ["Back to your usage"]
 
 
-def test_too_many_requests_says_how_long_to_wait_and_offers_to_try_again(
-    database_url: str,
+def test_a_failure_that_may_pass_says_how_long_to_wait_and_offers_to_try_again(
+    app: Flask,
 ) -> None:
-    from portal import create_app
-
-    app = create_app(
-        {
-            "SQLALCHEMY_DATABASE_URI": database_url,
-            "TESTING": True,
-            **{k: v for k, v in load_config({}, "instance").items() if k == "PORT"},
-        }
-    )
+    app.config["PORTAL_MAINTENANCE"] = True
     client = app.test_client()
-    answers = [client.get("/api/v1/users/x@example.com/usage") for _ in range(31)]
-    assert answers[-1].status_code == 429  # the API's JSON 429 stays as it is
-    assert answers[-1].is_json
+    answer = client.get("/usage/history?period=2")
+    html = answer.get_data(as_text=True)
+    assert answer.status_code == 503
+    assert heading(html) == "Back in a moment"
+    assert 'data-testid="retry-after">Try again in 120 seconds.' in html
+    assert ways_forward(html) == ["Try again"]  # signing in needs the database
+    assert 'href="/usage/history?period=2">Try again' in html
+
+
+def test_try_again_never_leads_to_another_site(app: Flask) -> None:
+    app.config["PORTAL_MAINTENANCE"] = True
+    client = app.test_client()
+    # Decoded, this path is "/\evil.example/phish", which a browser reads as
+    # "//evil.example/phish": another site.
+    html = client.get("/%5Cevil.example/phish").get_data(as_text=True)
+    assert "evil.example" not in html
+    assert ways_forward(html) == []
 
 
 def test_the_sign_in_form_stays_after_too_many_attempts_with_the_wait(app: Flask) -> None:

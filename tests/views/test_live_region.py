@@ -127,7 +127,7 @@ def statements_sent() -> Iterator[list[str]]:
         event.remove(db.engine, "before_cursor_execute", before)
 
 
-def test_a_poll_reads_the_user_then_the_usage_in_one_statement(
+def test_a_poll_reads_the_user_then_the_usage_and_only_a_fresh_region_reads_the_days(
     session: Session, signed_in: SignIn
 ) -> None:
     org = make_org(session, plan="team", seats=2)
@@ -141,10 +141,12 @@ def test_a_poll_reads_the_user_then_the_usage_in_one_statement(
     with statements_sent() as unchanged:
         assert client.get("/usage/current", headers={"If-None-Match": etag}).status_code == 304
     # The user loader checks the session (it may have ended), then the
-    # view reads plan and usage in one statement; neither opens a transaction.
+    # view reads plan and usage in one statement; none opens a transaction.
+    # Only a region drawn anew reads the days of its chart: a 304 needs none.
     for sent in (fresh, unchanged):
-        assert len(sent) == 2, sent
         assert "FROM user_sessions" in sent[0] and "usage_records" in sent[1]
+    assert len(unchanged) == 2, unchanged
+    assert len(fresh) == 3 and "FROM usage_events" in fresh[2], fresh
 
 
 @pytest.mark.parametrize("case", ["no cookie", "forged cookie", "HEAD"])

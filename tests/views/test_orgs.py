@@ -254,6 +254,12 @@ def test_the_table_reads_as_people_expect(
         order = [row[:3] for row in member_rows(ascending.get_data(as_text=True))]
         assert order[-2:] == ["m00", "m02"], column
         assert 'aria-sort="ascending"' in ascending.get_data(as_text=True)
+    # A column's header link and the bare address agree: the latest activity first.
+    header = re.search(r'href="([^"]+)"[^>]*data-sort="last_activity"', html)
+    assert header and "dir=desc" in header.group(1)
+    latest = client.get(f"/orgs/{org.slug}/usage?sort=last_activity").get_data(as_text=True)
+    assert 'aria-sort="descending"' in latest
+    assert [row[:3] for row in member_rows(latest)][-1] == "m01"  # no use this period
 
     rows = list(csv.reader(io.StringIO(client.get(f"/orgs/{org.slug}/usage.csv").get_data(True))))
     last_activity = {row[1]: row[6] for row in rows[1:]}

@@ -207,6 +207,6 @@ def test_a_team_members_history_shows_their_own_part_and_the_pool(
     current = html.split('aria-current="true"', 1)[1].split("</tr>")[0]
     assert '<td class="num" data-label="Yours" data-testid="yours">30</td>' in current
     assert '<td class="num" data-label="Pool used" data-testid="used">110</td>' in current
-    assert "€" in current  # the organization's overage, which its admins pay
+    assert ">€2.50</td>" in current  # the organization's overage: 10 × €0.25, its admins pay
     assert f"pooled for {org.name}" in html
     assert html.count('class="part"') == 12 and "Your part" in html
