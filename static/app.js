@@ -75,6 +75,74 @@
     }
   });
 
+  // A swap must not drop keyboard focus onto the page body. When the focused
+  // control is inside the region being replaced (a sort link, "Next", a button
+  // of the live region), focus goes to the same control in the new copy, found
+  // by what names it; when the new copy has no such control (the last page has
+  // no "Next"), to the region's caption (tabindex="-1"), or else the region.
+  var IDENTITIES = ["id", "data-sort", "rel", "name"];
+  var pendingFocus = {};  // by the id of the region being replaced
+
+  function identity(element) {
+    for (var i = 0; i < IDENTITIES.length; i++) {
+      var value = element.getAttribute(IDENTITIES[i]);
+      if (value) {
+        return { attribute: IDENTITIES[i], value: value, tag: element.tagName };
+      }
+    }
+    return { attribute: null, value: element.textContent.trim(), tag: element.tagName };
+  }
+
+  function sameControl(region, wanted) {
+    var candidates = region.getElementsByTagName(wanted.tag);
+    for (var i = 0; i < candidates.length; i++) {
+      var candidate = candidates[i];
+      var value = wanted.attribute ? candidate.getAttribute(wanted.attribute)
+        : candidate.textContent.trim();
+      if (value === wanted.value) {
+        return candidate;
+      }
+    }
+    return null;
+  }
+
+  // Noted when the request starts (focus is surely still on the control used)
+  // and again just before the swap; restored after the swap, or at the latest
+  // once it settles, whenever focus has fallen to the body.
+  function noteFocus(event) {
+    var target = event.detail.target;
+    var active = document.activeElement;
+    if (target && target.id && active && active !== target && target.contains(active)) {
+      pendingFocus[target.id] = identity(active);
+    }
+  }
+
+  function restoreFocus(event) {
+    var id = event.detail.target && event.detail.target.id;
+    var wanted = id && pendingFocus[id];
+    var region = wanted && document.getElementById(id);
+    var active = document.activeElement;
+    if (!region || (active && active !== document.body && active.isConnected)) {
+      return;
+    }
+    delete pendingFocus[id];
+    var control = sameControl(region, wanted) ||
+      region.querySelector('caption[tabindex="-1"]');
+    if (!control) {
+      region.setAttribute("tabindex", "-1");
+      control = region;
+    }
+    control.focus();
+  }
+
+  document.addEventListener("htmx:beforeRequest", noteFocus);
+  document.addEventListener("htmx:beforeSwap", noteFocus);
+  document.addEventListener("htmx:afterSwap", restoreFocus);
+  document.addEventListener("htmx:afterSettle", function (event) {
+    restoreFocus(event);
+    delete pendingFocus[event.detail.target && event.detail.target.id];
+  });
+
   // A table fallback someone opened (the daily chart's "Daily figures") stays open
   // when the live region is swapped for its fresh copy, and one they closed stays
   // closed: each <details> with an id remembers what its reader chose.

@@ -13,7 +13,7 @@ from portal.plans import WarningLevel, warning_level
 from portal.usage.daily import DailyUsage, UsageDay
 from portal.views.formatting import number
 
-WIDTH, HEIGHT = 720, 260
+WIDTH, HEIGHT = 400, 240
 TOP, BOTTOM, LEFT, RIGHT = 20, 44, 52, 8
 
 
@@ -141,6 +141,8 @@ def history_chart(
 DAILY_HEIGHT = 220
 DAILY_LABEL_EVERY = 7
 """A date under every week's first bar (and the last day): a month of dates would overlap."""
+DAILY_LABEL_GAP = 5
+"""Days between a weekly date and the last day's, at least."""
 
 
 @dataclass(frozen=True)
@@ -219,9 +221,11 @@ def daily_chart(daily: DailyUsage) -> DailyChart:
         for index, usage in enumerate(daily.days)
     ]
     last = len(days) - 1
-    labelled = sorted({*range(0, len(days), DAILY_LABEL_EVERY), last})
-    if last - 1 in labelled and last % DAILY_LABEL_EVERY:
-        labelled.remove(last - 1)  # two dates side by side would overlap
+    # A date is about four days wide on a phone: a weekly one too close to the last
+    # day's would overlap it. The last is drawn ending at the plot's edge, not past it.
+    weekly = [i for i in range(0, last, DAILY_LABEL_EVERY) if last - i >= DAILY_LABEL_GAP]
+    dates = [(middle(i), days[i]) for i in weekly]
+    dates.append((middle(last) if last == 0 else float(WIDTH - RIGHT), days[last]))
     projection = None
     if daily.projected_used is not None and daily.days:
         today = len(daily.days) - 1
@@ -234,7 +238,7 @@ def daily_chart(daily: DailyUsage) -> DailyChart:
         axis_y=axis_y,
         ticks=[(y_of(v), v) for v in ticks],
         bars=bars,
-        dates=[(middle(index), days[index]) for index in labelled],
+        dates=dates,
         included_y=y_of(daily.included),
         included=daily.included,
         projection=projection,

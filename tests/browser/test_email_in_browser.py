@@ -17,7 +17,7 @@ from tests.notify.conftest import Mailbox, mailbox, notifying_app, receiver  # n
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
-def test_the_usage_email_reads_well_in_a_browser(
+def test_screenshots_show_the_usage_email_reading_well_in_a_browser(
     notifying_app: Flask,  # noqa: F811
     session: Session,
     mailbox: Mailbox,  # noqa: F811

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import os
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,13 +9,11 @@ from playwright.sync_api import expect
 from sqlalchemy.orm import Session
 
 from portal import clock
-from portal.demo import DEMO_PASSWORD, seed_demo
 from portal.usage import record_usage
 from tests.factories import make_org, make_user
 from tests.outage import database_down
 from tests.views.conftest import PASSWORD
 
-DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 Page = Any
 
 
@@ -96,33 +92,6 @@ def test_admin_sorts_and_filters_and_back_restores_the_table(
     assert "q=de" not in page.url
     page.go_forward()
     expect(first_cells).to_have_text(filtered)
-
-
-def test_screenshots_of_the_demo(
-    session: Session, live_server: str, page: Page, tmp_path: Path
-) -> None:
-    """Every run takes them; ``make screenshots`` keeps them in docs/screenshots."""
-    keep = os.environ.get("UPDATE_SCREENSHOTS") == "1"
-    screenshots = DOCS_SCREENSHOTS if keep else tmp_path
-    seed_demo(session, clock.now())
-    session.commit()
-    screenshots.mkdir(parents=True, exist_ok=True)
-    sign_in(page, live_server, "admin@acme.example", DEMO_PASSWORD)
-    shots = {
-        "dashboard.png": "/usage",
-        "history.png": "/usage/history",
-        "organization.png": "/orgs/acme/usage",
-    }
-    for name, path in shots.items():
-        page.goto(live_server + path)
-        page.screenshot(path=str(screenshots / name), full_page=True)
-    page.get_by_role("button", name="Sign out").click()
-    sign_in(page, live_server, "pro@demo.example", DEMO_PASSWORD)
-    page.screenshot(path=str(screenshots / "dashboard-overage.png"), full_page=True)
-    page.set_viewport_size({"width": 390, "height": 844})
-    page.goto(live_server + "/usage")
-    page.screenshot(path=str(screenshots / "dashboard-phone.png"), full_page=True)
-    assert all((screenshots / name).stat().st_size > 10_000 for name in shots)
 
 
 def test_a_failing_poll_keeps_the_figures_says_so_and_recovers(

@@ -145,7 +145,7 @@ def test_member_history_is_linked_from_the_table(session: Session, signed_in: Si
     link = f"/orgs/{org.slug}/members/{members[0].id}/history"
     assert link in html
     history = client.get(link).get_data(as_text=True)
-    assert "Member 00" in history and '<td class="num">17</td>' in history
+    assert "Member 00" in history and '<td class="num" data-label="Used">17</td>' in history
 
 
 # Who may see what, tried the way an attacker would.

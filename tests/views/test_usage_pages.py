@@ -134,11 +134,14 @@ def test_history_lists_twelve_periods_with_chart_and_table(
     html = squash(text(signed_in(user.email), "/usage/history"))
     rows = re.findall(r"<tr(?: aria-current=\"true\")?> <th scope=\"row\">([^<]+)<", html)
     assert len(rows) == 12
-    assert '<svg viewBox="0 0 720 260" role="img"' in html
+    assert '<svg viewBox="0 0 400 240" role="img"' in html
     assert '<title id="chart-title">' in html and '<desc id="chart-desc">' in html
     assert html.count('class="limit"') == 12
     first_row = html.split('aria-current="true"', 1)[1]
-    assert '<td class="num" data-testid="used">30</td> <td class="num">25</td>' in first_row
+    assert (
+        '<td class="num" data-label="Used" data-testid="used">30</td> '
+        '<td class="num" data-label="Included">25</td>'
+    ) in first_row
     assert "€1.75" in first_row
     # By its last day: Mar 16, 12:00 until Apr 16, 12:00 is "Mar 16 – Apr 15".
     assert now() == datetime(2026, 3, 18, 12, 0, tzinfo=UTC)
@@ -202,8 +205,8 @@ def test_a_team_members_history_shows_their_own_part_and_the_pool(
     html = squash(text(signed_in(alice.email), "/usage/history"))
 
     current = html.split('aria-current="true"', 1)[1].split("</tr>")[0]
-    assert '<td class="num" data-testid="yours">30</td>' in current
-    assert '<td class="num" data-testid="used">110</td>' in current
+    assert '<td class="num" data-label="Yours" data-testid="yours">30</td>' in current
+    assert '<td class="num" data-label="Pool used" data-testid="used">110</td>' in current
     assert ">€2.50</td>" in current  # the organization's overage: 10 × €0.25, its admins pay
     assert f"pooled for {org.name}" in html
     assert html.count('class="part"') == 12 and "Your part" in html
