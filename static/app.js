@@ -107,26 +107,31 @@
   }
 
   // Noted when the request starts (focus is surely still on the control used)
-  // and again just before the swap; restored after the swap, or at the latest
-  // once it settles, whenever focus has fallen to the body.
+  // and again just before the swap; restored once the new copy has settled,
+  // whenever focus has fallen to the body. Not sooner: htmx wires the new
+  // copy's links while it settles, and a key pressed on a link it has not
+  // wired yet would load the whole page instead.
   function noteFocus(event) {
     var target = event.detail.target;
     var active = document.activeElement;
     if (target && target.id && active && active !== target && target.contains(active)) {
-      pendingFocus[target.id] = identity(active);
+      pendingFocus[target.id] = { wanted: identity(active), xhr: event.detail.xhr };
     }
   }
 
   function restoreFocus(event) {
     var id = event.detail.target && event.detail.target.id;
-    var wanted = id && pendingFocus[id];
-    var region = wanted && document.getElementById(id);
+    var pending = id && pendingFocus[id];
+    if (!pending || pending.xhr !== event.detail.xhr) {
+      return;  // nothing noted, or noted for a later request still on its way
+    }
+    delete pendingFocus[id];
+    var region = document.getElementById(id);
     var active = document.activeElement;
     if (!region || (active && active !== document.body && active.isConnected)) {
       return;
     }
-    delete pendingFocus[id];
-    var control = sameControl(region, wanted) ||
+    var control = sameControl(region, pending.wanted) ||
       region.querySelector('caption[tabindex="-1"]');
     if (!control) {
       region.setAttribute("tabindex", "-1");
@@ -137,11 +142,7 @@
 
   document.addEventListener("htmx:beforeRequest", noteFocus);
   document.addEventListener("htmx:beforeSwap", noteFocus);
-  document.addEventListener("htmx:afterSwap", restoreFocus);
-  document.addEventListener("htmx:afterSettle", function (event) {
-    restoreFocus(event);
-    delete pendingFocus[event.detail.target && event.detail.target.id];
-  });
+  document.addEventListener("htmx:afterSettle", restoreFocus);
 
   // A table fallback someone opened (the daily chart's "Daily figures") stays open
   // when the live region is swapped for its fresh copy, and one they closed stays
