@@ -72,7 +72,7 @@ FROM usage_events WHERE organization_id IS NOT NULL
 GROUP BY organization_id, period_start, user_id"""
 EMPTY = (
     "TRUNCATE usage_events, usage_report_backlog, usage_records, member_usage, "
-    "usage_report_batches, usage_report_skips, usage_report_runs"
+    "usage_report_batches, usage_report_skips, usage_report_runs, usage_alerts, notifications"
 )
 REPORTED = """
 SELECT (SELECT count(*) FROM usage_report_backlog),
