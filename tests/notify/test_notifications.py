@@ -63,6 +63,12 @@ def run(app: Flask, *args: str) -> dict[str, Any]:
     return summary
 
 
+def email_only(app: Flask) -> None:
+    """Notify by email alone: the webhook's settings gone."""
+    app.config.pop("NOTIFY_WEBHOOK_URL")
+    app.config.pop("NOTIFY_WEBHOOK_SECRET")
+
+
 def statuses(session: Session) -> list[str]:
     session.expire_all()
     return sorted(session.scalars(select(Notification.status)))
@@ -334,6 +340,10 @@ class Killed(BaseException):
     """The run's process dies here (SIGKILL, the machine going down)."""
 
 
+def killed(*args: object, **kwargs: object) -> None:
+    raise Killed
+
+
 def test_a_run_killed_after_the_server_took_an_email_does_not_send_it_again(
     notifying_app: Flask,
     session: Session,
@@ -344,12 +354,7 @@ def test_a_run_killed_after_the_server_took_an_email_does_not_send_it_again(
     user = make_user(session, plan="pro")
     session.commit()
     record(session, user, 60)
-    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
-    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
-
-    def killed(*args: object, **kwargs: object) -> None:
-        raise Killed
-
+    email_only(notifying_app)
     with monkeypatch.context() as patch:
         patch.setattr(outbox, "mark_sent", killed)  # after the server's 250, before the record
         with pytest.raises(Killed):
@@ -377,12 +382,7 @@ def test_a_run_killed_before_the_final_dot_sends_the_email_once_later(
     user = make_user(session, plan="pro")
     session.commit()
     record(session, user, 60)
-    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
-    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
-
-    def killed(*args: object, **kwargs: object) -> None:
-        raise Killed
-
+    email_only(notifying_app)
     with monkeypatch.context() as patch:
         patch.setattr(outbox, "mark_handed_over", killed)  # the whole message but the dot
         with pytest.raises(Killed):
@@ -408,10 +408,6 @@ def test_a_webhook_repeated_after_a_killed_run_carries_the_same_event_id(
     record(session, user, 60)
     notifying_app.config.pop("SMTP_URL")
     notifying_app.config.pop("MAIL_FROM")
-
-    def killed(*args: object, **kwargs: object) -> None:
-        raise Killed
-
     with monkeypatch.context() as patch:
         patch.setattr(outbox, "mark_sent", killed)  # after the receiver's 200
         with pytest.raises(Killed):
@@ -500,8 +496,7 @@ def test_concurrent_runs_and_recording_tell_each_threshold_once(
 def test_a_run_out_of_time_counts_what_it_left_and_the_next_run_sends_it(
     notifying_app: Flask, session: Session, mailbox: Mailbox
 ) -> None:
-    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
-    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
+    email_only(notifying_app)
     for _ in range(3):
         record(session, make_user(session, plan="pro"), 60)
     # Each look at the time is a second later: the run sends one message, gives the
@@ -550,8 +545,7 @@ def _html(message: Any) -> str:
 def test_an_address_the_mail_cannot_carry_fails_for_the_operator_and_the_others_still_go(
     notifying_app: Flask, session: Session, mailbox: Mailbox
 ) -> None:
-    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
-    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
+    email_only(notifying_app)
     for address in ["zoë@example.com", "a..b@example.com", "ada@exämple.com", "grace@example.com"]:
         record(session, make_user(session, plan="pro", email=address), 60)
 
@@ -579,8 +573,7 @@ def test_an_address_the_mail_cannot_carry_fails_for_the_operator_and_the_others_
 def test_a_sender_named_outside_ascii_goes_to_any_server_with_the_name_encoded(
     notifying_app: Flask, session: Session
 ) -> None:
-    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
-    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
+    email_only(notifying_app)
     notifying_app.config["MAIL_FROM"] = "Société Portail <usage@portal.example>"
     record(session, make_user(session, plan="pro", email="grace@example.com"), 60)
     with smtp_server("127.0.0.1", enable_SMTPUTF8=False) as plain:
@@ -602,8 +595,7 @@ def test_a_run_that_lost_its_lease_mid_email_leaves_it_to_the_run_that_took_over
     user = make_user(session, plan="pro")
     session.commit()
     record(session, user, 60)
-    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
-    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
+    email_only(notifying_app)
     handed_over = outbox.mark_handed_over
     overtaken: list[dict[str, Any]] = []
     stalled = threading.Event()
@@ -669,8 +661,7 @@ def test_a_mail_server_elsewhere_without_starttls_gets_nothing(
 ) -> None:
     """Only a server on this machine may be spoken to unencrypted: 127.0.0.2 stands for one
     across a network (it is not one of the loopback names the portal trusts)."""
-    notifying_app.config.pop("NOTIFY_WEBHOOK_URL")
-    notifying_app.config.pop("NOTIFY_WEBHOOK_SECRET")
+    email_only(notifying_app)
     with smtp_server("127.0.0.2") as elsewhere:
         notifying_app.config["SMTP_URL"] = f"smtp://127.0.0.2:{elsewhere.port}"
         record(session, make_user(session, plan="pro"), 60)

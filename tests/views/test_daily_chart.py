@@ -3,7 +3,6 @@ page and a member's history, with its figures in a table a screen reader can rea
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -11,26 +10,13 @@ from datetime import UTC, datetime, timedelta
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
-from portal.usage import record_usage
 from tests.factories import FrozenClock, make_org, make_user
+from tests.usage.test_daily import use
 from tests.views.conftest import PASSWORD
 
 SignIn = Callable[[str], FlaskClient]
 NOV_7 = datetime(2026, 11, 7, tzinfo=UTC)
 """A billing anchor at midnight: periods Nov 7 – Dec 6, Dec 7 – Jan 6, …"""
-_keys = itertools.count()
-
-
-def use(session: Session, user_id: int, at: datetime, quantity: int) -> None:
-    record_usage(
-        session,
-        user_id,
-        idempotency_key=f"d{next(_keys)}",
-        now=at,
-        occurred_at=at,
-        quantity=quantity,
-    )
-    session.commit()
 
 
 def text_of(client: FlaskClient, path: str) -> str:
