@@ -554,9 +554,9 @@ def test_an_address_the_mail_cannot_carry_fails_for_the_operator_and_the_others_
     assert (summary["sent"], summary["failed"]) == (2, 2)
     # aiosmtpd offers SMTPUTF8, so an international domain goes; a malformed local part cannot.
     assert sorted(mailbox.recipients) == ["ada@exämple.com", "grace@example.com"]
-    assert [error.split(":")[0] for error in summary["errors"]] == [
-        "email to zoë@example.com",
+    assert sorted(error.split(":")[0] for error in summary["errors"]) == [
         "email to a..b@example.com",
+        "email to zoë@example.com",
     ]
     assert statuses(session) == ["failed", "failed", "sent", "sent"]
     assert run(notifying_app)["failed"] == 0  # failed stays failed: nothing is stuck or repeated
