@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -28,17 +28,29 @@ CHROMIUM_ARGS = [
 ]
 
 
+def serve(app: Flask, port: int = 0) -> tuple[BaseWSGIServer, threading.Thread]:
+    """The app served on a loopback port (a free one by default), in a thread."""
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def stop(server: BaseWSGIServer, thread: threading.Thread) -> None:
+    """Stop serving and close the port, so connections to it are refused."""
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
 @pytest.fixture
 def live_server(app: Flask) -> Iterator[str]:
     """The app served on a free loopback port, in a thread, for this test."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, thread = serve(app)
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
+        stop(server, thread)
 
 
 @pytest.fixture(scope="session")

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from flask import Flask
 from playwright.sync_api import expect
 from sqlalchemy.orm import Session
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from portal import clock
 from portal.usage import record_usage
+from tests.browser.conftest import serve, stop
 from tests.browser.test_portal_in_browser import sign_in
 from tests.factories import make_user
 from tests.views.conftest import PASSWORD
-
-
-def serve(app: Flask, port: int = 0) -> tuple[BaseWSGIServer, threading.Thread]:
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread
-
-
-def stop(server: BaseWSGIServer, thread: threading.Thread) -> None:
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
 
 
 def test_a_server_gone_away_leaves_the_figures_marked_stale_and_they_recover_by_themselves(
