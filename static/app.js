@@ -154,13 +154,21 @@
       chosen[details.id] = details.open;
     }
   }, true);  // toggle does not bubble
-  document.addEventListener("htmx:load", function (event) {
-    event.detail.elt.querySelectorAll("details[id]").forEach(function (details) {
+  function keepChoices(event) {
+    var root = event.target;
+    if (!root || !root.querySelectorAll) {
+      return;
+    }
+    root.querySelectorAll("details[id]").forEach(function (details) {
       if (Object.prototype.hasOwnProperty.call(chosen, details.id)) {
         details.open = chosen[details.id];
       }
     });
-  });
+  }
+  // At the swap, before the fresh copy is painted closed (htmx:load comes only
+  // once it has settled); and at htmx:load for content htmx puts back otherwise.
+  document.addEventListener("htmx:afterSwap", keepChoices);
+  document.addEventListener("htmx:load", keepChoices);
 
   // A changed period reloads the page without pressing "Show".
   document.addEventListener("change", function (event) {

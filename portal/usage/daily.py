@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from portal.database import lone_statement
 from portal.models import Organization, UsageEvent, UTCDateTime
-from portal.periods import BillingPeriod, as_utc
+from portal.periods import RESOLUTION, BillingPeriod, as_utc
 from portal.plans import QUOTA_EVENT_TYPES, Plan, get_plan
 from portal.usage.organizations import organization_period
 from portal.usage.status import projected_used
@@ -68,10 +68,13 @@ def _suggestions_per_day(kind: SubjectKind, member: bool) -> Select[Any]:
     start = bindparam("start", type_=UTCDateTime())
     now = bindparam("now", type_=UTCDateTime())
     counted = literal(list(QUOTA_EVENT_TYPES), ARRAY(String))
-    # An event's period is chosen by its ``occurred_at``, so it lies in the period; one
-    # dated a few minutes ahead (a caller's clock running fast) counts today, so the last
-    # running total is always the period's total.
-    moment = func.least(func.greatest(events.c.occurred_at, start), now)
+    # Every event of the period is on one of its days, so the last running total is
+    # the period's total: one dated a few minutes ahead (a caller's clock running
+    # fast) counts today, and one a plan change left in a period that then ended
+    # before it occurred (billing.refile moves only unclaimed events) counts on its
+    # last day.
+    last_moment = bindparam("last_moment", type_=UTCDateTime())
+    moment = func.least(func.greatest(events.c.occurred_at, start), now, last_moment)
     conditions = [events.c.period_start == start, events.c.event_type == any_(counted)]
     if kind is SubjectKind.ORGANIZATION:
         conditions.append(events.c.organization_id == bindparam("subject_id"))
@@ -111,7 +114,12 @@ def daily_usage(
     projection capped by, on a hard-capped plan).
     """
     now = as_utc(now)
-    parameters = {"start": period.start, "now": now, "subject_id": subject.id}
+    parameters = {
+        "start": period.start,
+        "now": now,
+        "last_moment": period.end - RESOLUTION,
+        "subject_id": subject.id,
+    }
     if member_id is not None:
         parameters["member_id"] = member_id
     statement = _suggestions_per_day(subject.kind, member_id is not None)

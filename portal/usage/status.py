@@ -153,8 +153,9 @@ def projected_used(
     """
     projected = project_usage(used, period, now)
     if plan.is_hard_capped:
-        # A hard cap stops usage at the included amount, so never project past it.
-        projected = min(projected, max(included, 0))
+        # A hard cap stops usage at the included amount, so never project past it
+        # (nor below what is used already, if the allowance shrank meanwhile).
+        projected = min(projected, max(included, used))
     return projected
 
 

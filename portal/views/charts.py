@@ -230,7 +230,12 @@ def daily_chart(daily: DailyUsage) -> DailyChart:
     if daily.projected_used is not None and daily.days:
         today = len(daily.days) - 1
         projection = Projection(
-            middle(today), y_of(daily.used), middle(last), y_of(projected), projected, days[-1]
+            middle(today),
+            y_of(daily.used),
+            middle(last),
+            y_of(projected),
+            projected,
+            daily.period.end.date(),  # the reset day, as the dashboard's "Projected by"
         )
     return DailyChart(
         width=WIDTH,

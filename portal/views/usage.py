@@ -11,6 +11,7 @@ from werkzeug.http import parse_etags, quote_etag
 
 from portal import clock
 from portal.extensions import db
+from portal.periods import as_utc
 from portal.plans import PLANS
 from portal.usage import UnknownUser, UsageStatus, check_usage, get_usage_history
 from portal.usage.daily import daily_usage
@@ -28,7 +29,7 @@ def status_etag(status: UsageStatus, today: date) -> str:
     """Changes whenever anything the live region shows changes.
 
     The daily chart needs no read of its own here: a period's events are only
-    ever added (or moved out whole, by a plan change), each changing ``used``,
+    ever added (or moved between periods by a plan change), each changing ``used``,
     so ``used`` and the period name its days' figures; ``today`` adds the new
     day's bar at midnight UTC, usage or not. So an unchanged region is still
     answered without reading the days.
@@ -106,7 +107,7 @@ def current() -> Response:
     status = _signed_in_status(now)
     if status is None:
         return unauthorized()
-    etag = status_etag(status, now.date())
+    etag = status_etag(status, as_utc(now).date())
     headers = {"ETag": quote_etag(etag), "Cache-Control": CACHE_CONTROL, "Vary": "Cookie"}
     if parse_etags(request.headers.get("If-None-Match")).contains(etag):
         return Response(status=304, headers=headers)

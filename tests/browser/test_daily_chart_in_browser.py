@@ -34,7 +34,7 @@ def test_the_daily_figures_open_and_stay_open_across_a_poll(
 
     chart = page.get_by_role("img", name="Your usage day by day")
     expect(chart).to_have_accessible_name(
-        "Your usage day by day: 12 suggestions so far, 3 days in; projected 144 of 75 by Dec 6"
+        "Your usage day by day: 12 suggestions so far, 3 days in; projected 144 of 75 by Dec 7"
     )
     table = page.get_by_role("table", name="Your usage day by day, Nov 7 – Dec 6, 2026")
     expect(table).to_be_hidden()

@@ -8,13 +8,17 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session
 
 from portal.extensions import db
+from portal.models import UsageEvent
+from portal.periods import BillingPeriod
+from portal.plans import get_plan
 from portal.usage import check_usage, record_usage
 from portal.usage.daily import DailyUsage, daily_usage, member_daily_usage, pool_daily_usage
 from portal.usage.organizations import organization_period
+from portal.usage.status import projected_used
 from portal.usage.subjects import SubjectKind, resolve_effective_plan
 from tests.factories import make_org, make_user
 
@@ -182,6 +186,37 @@ def test_a_period_that_is_over_shows_every_day_and_projects_nothing(session: Ses
 
     assert len(daily.days) == 30 and daily.days[-1].day == date(2026, 12, 6)
     assert daily.used == 12 and daily.projected_used is None
+
+
+def test_usage_a_plan_change_left_past_its_periods_end_counts_on_its_last_day(
+    session: Session,
+) -> None:
+    # The reporter had claimed it before the webhook ended the period early, so the
+    # refile left it in the period it was recorded in (billing.refile).
+    org = make_org(session, plan="team", seats=1, anchor=NOV_7)
+    member = make_user(session, org=org)
+    session.commit()
+    use(session, member.id, datetime(2026, 11, 20, 9, tzinfo=UTC), 5)
+    use(session, member.id, datetime(2026, 12, 8, 9, tzinfo=UTC), 3)  # the next period
+    session.execute(
+        update(UsageEvent)
+        .where(UsageEvent.quantity == 3)
+        .values(period_start=NOV_7, occurred_at=datetime(2026, 12, 8, 9, tzinfo=UTC))
+    )
+    now = datetime(2026, 12, 10, tzinfo=UTC)
+    last = organization_period(org, now).previous()
+
+    daily = pool_daily_usage(session, org, last, now)
+
+    assert daily.used == 8  # the period's whole total, as its running total ends
+    assert daily.days[-1].day == date(2026, 12, 6) and daily.days[-1].suggestions == 3
+
+
+def test_a_hard_cap_never_projects_below_what_is_used(session: Session) -> None:
+    free = get_plan("free")
+    period = BillingPeriod(NOV_7, datetime(2026, 12, 7, tzinfo=UTC), NOV_7)
+    # An allowance that shrank within the period: 9 used of 5.
+    assert projected_used(free, 9, 5, period, datetime(2026, 11, 20, tzinfo=UTC)) == 9
 
 
 def plan_of_the_statement_sent(call: Callable[[], object]) -> str:

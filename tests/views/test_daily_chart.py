@@ -53,9 +53,9 @@ def test_the_dashboard_shows_the_period_so_far_day_by_day(
 
     # 20 in 3.5 of 30 days: 172 by the period's end, as "Projected by" says.
     assert chart_name(html) == (
-        "Your usage day by day: 20 suggestions so far, 4 days in; projected 172 of 75 by Dec 6"
+        "Your usage day by day: 20 suggestions so far, 4 days in; projected 172 of 75 by Dec 7"
     )
-    assert 'data-testid="projected">172<' in html
+    assert 'data-testid="projected">172<' in html and "<dt>Projected by Dec 7, 2026</dt>" in html
     assert html.count('<rect class="day') == 4
     assert "<summary>Daily figures</summary>" in html
     assert "<caption>Your usage day by day, Nov 7 – Dec 6, 2026</caption>" in html
@@ -182,7 +182,7 @@ def test_a_members_history_shows_their_part_day_by_day_against_one_seat(
     html = text_of(signed_in(admin.email), f"/orgs/{org.slug}/members/{ada.id}/history")
 
     assert chart_name(html).startswith("Ada Lovelace day by day: 6 suggestions so far, 3 days in;")
-    assert chart_name(html).endswith(" of 50 by Dec 6")
+    assert chart_name(html).endswith(" of 50 by Dec 7")
     assert table_rows(html, "member-daily-figures") == [
         ("Nov 7, 2026", "0", "0"),
         ("Nov 8, 2026", "6", "6"),
