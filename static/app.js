@@ -79,7 +79,7 @@
   // control is inside the region being replaced (a sort link, "Next", a button
   // of the live region), focus goes to the same control in the new copy, found
   // by what names it; when the new copy has no such control (the last page has
-  // no "Next"), to the region's caption (tabindex="-1"), or else the region.
+  // no "Next"), to the region's caption, or else the region.
   var IDENTITIES = ["id", "data-sort", "rel", "name"];
   var pendingFocus = {};  // by the id of the region being replaced
 
@@ -131,11 +131,13 @@
     if (!region || (active && active !== document.body && active.isConnected)) {
       return;
     }
-    var control = sameControl(region, pending.wanted) ||
-      region.querySelector('caption[tabindex="-1"]');
+    // A caption or region takes focus from a script only (tabindex -1), and is
+    // made focusable only then: a focusable caption in a table said to be one
+    // (keepTableRoles) is not a child that role allows.
+    var control = sameControl(region, pending.wanted);
     if (!control) {
-      region.setAttribute("tabindex", "-1");
-      control = region;
+      control = region.querySelector("caption") || region;
+      control.setAttribute("tabindex", "-1");
     }
     control.focus();
   }
@@ -169,6 +171,31 @@
   // once it has settled); and at htmx:load for content htmx puts back otherwise.
   document.addEventListener("htmx:afterSwap", keepChoices);
   document.addEventListener("htmx:load", keepChoices);
+
+  // Below 1024px a table of the class "stacks" is laid out as blocks (app.css),
+  // and some screen readers (Safari's VoiceOver) then stop reading it as a
+  // table. Its roles, said outright, keep it one: rows, headers, cells.
+  var TABLE_ROLES = [
+    ["table.stacks", "table"],
+    ["table.stacks > thead, table.stacks > tbody", "rowgroup"],
+    ["table.stacks tr", "row"],
+    ["table.stacks th[scope=col]", "columnheader"],
+    ["table.stacks th[scope=row]", "rowheader"],
+    ["table.stacks td", "cell"]
+  ];
+  function keepTableRoles(root) {
+    TABLE_ROLES.forEach(function (pair) {
+      root.querySelectorAll(pair[0]).forEach(function (element) {
+        element.setAttribute("role", pair[1]);
+      });
+    });
+  }
+  document.addEventListener("htmx:load", function (event) {
+    if (event.target && event.target.querySelectorAll) {
+      keepTableRoles(event.target.parentNode || event.target);
+    }
+  });
+  keepTableRoles(document);
 
   // A changed period reloads the page without pressing "Show".
   document.addEventListener("change", function (event) {

@@ -105,3 +105,21 @@ def test_filtering_keeps_focus_on_the_field_or_the_filter_button(
     expect(rows).to_have_count(1)
     expect(page.get_by_role("button", name="Filter")).to_be_focused()
     assert not body_has_focus(page)
+
+
+def test_the_stacked_member_table_keeps_saying_it_is_a_table(
+    session: Session, live_server: str, page: Page
+) -> None:
+    # On a phone its rows are blocks; some screen readers then stop reading a table.
+    page.set_viewport_size({"width": 390, "height": 844})
+    slug = org_of(session, 4)
+    sign_in(page, live_server, "ada@corp.example")
+    page.goto(f"{live_server}/orgs/{slug}/usage")
+    page.locator("a[data-sort=name]").click()
+    page.wait_for_url("**sort=name**")  # a swapped copy, not the page as loaded
+
+    table = page.get_by_test_id("member-table")
+    expect(table).to_have_attribute("role", "table")
+    expect(table.locator("tbody tr[role=row]")).to_have_count(4)
+    expect(table.locator("tbody td:not([role=cell])")).to_have_count(0)
+    expect(table.locator("thead th[role=columnheader]")).not_to_have_count(0)
