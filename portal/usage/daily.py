@@ -133,8 +133,9 @@ def daily_usage(
     for day in period.days:
         if day > today:
             break
-        running += per_day.get(day, 0)
-        days.append(UsageDay(day, per_day.get(day, 0), running))
+        suggestions = per_day.get(day, 0)
+        running += suggestions
+        days.append(UsageDay(day, suggestions, running))
     projection = None
     if now < period.end:
         projection = projected_used(plan, running, included, period, now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
@@ -90,6 +90,16 @@ def nice_ticks(top: int, intervals: int = 4) -> list[int]:
     return [step * n for n in range(count + 1)]
 
 
+def vertical_scale(top: int, height: int) -> Callable[[int], float]:
+    """Where a value sits on a chart ``height`` tall whose highest tick is ``top``."""
+    plot_height = height - TOP - BOTTOM
+
+    def y_of(value: int) -> float:
+        return round(TOP + plot_height * (1 - value / top), 1)
+
+    return y_of
+
+
 def history_chart(
     rows: Sequence[PeriodFigure],
     limits: Sequence[int],
@@ -103,12 +113,8 @@ def history_chart(
     own = list(parts) if parts is not None else [None] * len(rows)
     ordered = list(zip(rows, limits, own, strict=True))[::-1]
     ticks = nice_ticks(max([0, *(row.used for row, _, _ in ordered), *limits]))
-    top = ticks[-1]
-    plot_height = HEIGHT - TOP - BOTTOM
+    y_of = vertical_scale(ticks[-1], HEIGHT)
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(ordered))
-
-    def y_of(value: int) -> float:
-        return round(TOP + plot_height * (1 - value / top), 1)
 
     bars = []
     for index, (row, limit, part) in enumerate(ordered):
@@ -198,13 +204,9 @@ def daily_chart(daily: DailyUsage) -> DailyChart:
     days = daily.period.days
     projected = daily.projected_used if daily.projected_used is not None else 0
     ticks = nice_ticks(max(daily.used, daily.included, projected))
-    top = ticks[-1]
-    plot_height = DAILY_HEIGHT - TOP - BOTTOM
+    y_of = vertical_scale(ticks[-1], DAILY_HEIGHT)
     axis_y = DAILY_HEIGHT - BOTTOM
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(days))
-
-    def y_of(value: int) -> float:
-        return round(TOP + plot_height * (1 - value / top), 1)
 
     def middle(index: int) -> float:
         return round(LEFT + index * slot + slot / 2, 1)
